@@ -1,0 +1,109 @@
+"""The in-memory dataset every loader returns: decoded uint8 images and aligned label columns.
+
+Images and all label columns of a split live in one object and are only ever indexed together,
+so a filter on one column (for instance dropping RAF-DB's "unsure" gender) cannot misalign the
+others, the defect of the public RAF-DB scripts (DESIGN section 2).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+from privatenet.errors import PrivatenetError
+
+#: Label value of a row whose class is unknown for that column (RAF-DB's "unsure" gender, an
+#: empty manifest cell). Such rows are dropped, for every column at once, whenever that column
+#: is used.
+MISSING = -1
+
+
+@dataclass
+class Split:
+    """One split: ``images`` uint8 (N, 3, H, W) and ``labels[column]`` int64 (N,)."""
+
+    images: torch.Tensor
+    labels: dict[str, torch.Tensor]
+    ids: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n = self.images.shape[0]
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[1] != 3:
+            raise ValueError(f"images must be uint8 (N, 3, H, W), got {tuple(self.images.shape)}")
+        for name, col in self.labels.items():
+            if col.shape != (n,):
+                raise ValueError(f"label column {name!r} has shape {tuple(col.shape)}, need ({n},)")
+        if self.ids and len(self.ids) != n:
+            raise ValueError(f"{len(self.ids)} ids for {n} images")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def subset(self, index: torch.Tensor) -> Split:
+        """Rows ``index`` of images, every label column and ids, together."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        ids = [self.ids[i] for i in index.tolist()] if self.ids else []
+        return Split(self.images[index], {k: v[index] for k, v in self.labels.items()}, ids)
+
+    def known(self, columns: list[str] | tuple[str, ...]) -> Split:
+        """Rows whose label is known in every one of ``columns``, all columns kept aligned."""
+        keep = torch.ones(len(self), dtype=torch.bool)
+        for c in columns:
+            keep &= self.labels[c] != MISSING
+        return self if bool(keep.all()) else self.subset(keep.nonzero().flatten())
+
+
+@dataclass
+class Dataset:
+    """A named set of splits (``train``, ``test``) with the class names of every label column."""
+
+    name: str
+    splits: dict[str, Split]
+    classes: dict[str, list[str]]
+
+    def check_columns(self, columns: list[str] | tuple[str, ...]) -> None:
+        """Raise a one-line error if the dataset lacks one of ``columns``."""
+        for c in columns:
+            if c not in self.classes:
+                have = ", ".join(sorted(self.classes)) or "none"
+                raise PrivatenetError(
+                    f"dataset {self.name!r} has no label column {c!r} (it has: {have}); "
+                    "choose one of those"
+                )
+
+    def split(self, name: str, columns: list[str] | tuple[str, ...] = ()) -> Split:
+        """Split ``name`` restricted to rows whose ``columns`` are all known.
+
+        Raises a one-line error for a missing or empty split, or (for ``train``) a class of one
+        of ``columns`` that no row has, since a classifier cannot learn it.
+        """
+        self.check_columns(columns)
+        if name not in self.splits:
+            raise PrivatenetError(
+                f"dataset {self.name!r} has no {name!r} split (it has: "
+                f"{', '.join(sorted(self.splits)) or 'none'}); add rows with split={name}"
+            )
+        split = self.splits[name].known(columns)
+        if len(split) == 0:
+            what = f" with known {', '.join(columns)}" if columns else ""
+            raise PrivatenetError(f"dataset {self.name!r}: split {name!r} has no rows{what}")
+        if name == "train":
+            for c in columns:
+                present = set(split.labels[c].unique().tolist())
+                absent = [n for i, n in enumerate(self.classes[c]) if i not in present]
+                if absent:
+                    raise PrivatenetError(
+                        f"dataset {self.name!r}: class {absent[0]!r} of {c!r} has no row in the "
+                        f"train split; add examples or remove the class"
+                    )
+        return split
+
+    def distribution(self, split: str, column: str) -> dict[str, int]:
+        """Counts per class name of ``column`` in ``split`` (unknown rows as ``"?"``)."""
+        counts = Counter(self.splits[split].labels[column].tolist())
+        out = {n: counts.get(i, 0) for i, n in enumerate(self.classes[column])}
+        if counts.get(MISSING):
+            out["?"] = counts[MISSING]
+        return out
