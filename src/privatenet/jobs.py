@@ -1,0 +1,203 @@
+"""Training and attack jobs: a dataset, a model and the engine, with their run directory.
+
+Used by the CLI (``privatenet train`` / ``attack``) and by every stage of the protocol. A job's
+folder holds ``config.yaml`` (resolved settings), ``train/`` (checkpoint, ``metrics.jsonl``), the
+final ``model.*`` or ``adversary.*`` checkpoint and ``results.json``, written last: a folder with
+``results.json`` is finished and is not redone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from privatenet.data.base import Dataset, Split
+from privatenet.engine import (
+    Callbacks,
+    Privacy,
+    TrainConfig,
+    extract,
+    fit,
+    fit_adversary,
+    predict_features,
+    resolve_device,
+    seed_everything,
+)
+from privatenet.errors import PrivatenetError
+from privatenet.metrics import leakage_report
+from privatenet.models import create_adversary, create_model, default_adversary
+from privatenet.runs import load_module, read_json, save_module, write_json, write_yaml
+
+log = logging.getLogger(__name__)
+
+
+def image_size_of(data: Dataset) -> int:
+    """Side of the (square) decoded images of ``data``."""
+    return int(next(iter(data.splits.values())).images.shape[-1])
+
+
+def _start(out: Path, resume: bool, settings: dict) -> dict | None:
+    """Finished results if ``out`` already holds them; raise if ``out`` is taken."""
+    results = out / "results.json"
+    if results.exists():
+        if resume:
+            return read_json(results)
+        raise PrivatenetError(f"{out} already holds a finished run; choose another output "
+                              "folder (or pass --resume to reuse it)")
+    if (out / "train").exists() and not resume:
+        raise PrivatenetError(f"{out} holds an unfinished run; pass --resume to continue it or "
+                              "choose another output folder")
+    write_yaml(out / "config.yaml", settings)
+    return None
+
+
+def load_model(run: str | Path, *, expect: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """The trained network of a ``train`` job folder (or a ``model`` checkpoint stem)."""
+    run = Path(run)
+    stem = run / "model" if run.is_dir() else run
+    if not stem.with_suffix(".json").exists():
+        raise PrivatenetError(f"{run}: no trained model here (expected {stem}.json); pass the "
+                              "folder of a finished 'privatenet train' run")
+    return load_module(stem, expect=expect)
+
+
+def load_adversary(run: str | Path) -> tuple[torch.nn.Module, dict]:
+    """The adversary head of an ``attack`` job folder (or an ``adversary`` checkpoint stem)."""
+    run = Path(run)
+    stem = run / "adversary" if run.is_dir() else run
+    if not stem.with_suffix(".json").exists():
+        raise PrivatenetError(f"{run}: no adversary here (expected {stem}.json); pass the "
+                              "folder of a finished 'privatenet attack' run")
+    return load_module(stem)
+
+
+def evaluate_task(model: torch.nn.Module, split: Split, column: str, num_classes: int,
+                  config: TrainConfig) -> dict:
+    """Every figure of DESIGN section 5 for ``model`` predicting ``split.labels[column]``
+    (accuracy, balanced accuracy, majority rate, 1/K, normalised score, 95 % interval)."""
+    device = resolve_device(config.device)
+    model.to(device)
+    pred = extract(model, split.images, batch_size=config.eval_batch_size,
+                   device=device).argmax(1)
+    return leakage_report(split.labels[column], pred, num_classes=num_classes,
+                          seed=config.seed)
+
+
+def evaluate_adversary(head: torch.nn.Module, model: torch.nn.Module, split: Split, *, tap: str,
+                       attribute: str, num_classes: int, config: TrainConfig) -> dict:
+    """Leakage report of adversary ``head`` reading ``tap`` of ``model`` on ``split``."""
+    device = resolve_device(config.device)
+    model.to(device)
+    feats = extract(model, split.images, tap=tap, batch_size=config.eval_batch_size,
+                    device=device)
+    pred = predict_features(head.to(device), feats, device=device)
+    return leakage_report(split.labels[attribute], pred, num_classes=num_classes,
+                          seed=config.seed)
+
+
+def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config: TrainConfig,
+              model_kwargs: dict | None = None, init_from: str | Path | None = None,
+              privacy: dict | None = None, resume: bool = False,
+              callbacks: Callbacks | None = None) -> dict:
+    """Train a network on ``target`` (optionally privacy-preserving) and evaluate it.
+
+    ``privacy`` holds ``loss``, ``tap``, ``private``, ``lam``, ``adversary`` (an attack folder:
+    the known adversary) and ``update`` (``fixed`` or ``alternating``). ``init_from`` starts
+    from the weights of a finished train folder of the same architecture instead of from
+    scratch. Returns (and writes) the results: task utility on the test split, and with
+    ``privacy`` the known adversary's leakage on the new features.
+    """
+    out = Path(out)
+    model_kwargs = dict(model_kwargs or {})
+    privacy = dict(privacy) if privacy else None
+    columns = [target] + ([privacy["private"]] if privacy else [])
+    train, test = data.split("train", columns), data.split("test", columns)
+    settings = {"job": "train", "data": data.name, "model": model, "model_kwargs": model_kwargs,
+                "target": target, "train": asdict(config),
+                "init_from": str(init_from) if init_from else None,
+                "privacy": {k: str(v) for k, v in privacy.items()} if privacy else None}
+    done = _start(out, resume, settings)
+    if done is not None:
+        return done
+    seed_everything(config.seed)
+    num_classes = len(data.classes[target])
+    net = create_model(model, num_classes=num_classes, image_size=image_size_of(data),
+                       **model_kwargs)
+    if init_from is not None:
+        init, _ = load_model(init_from, expect=model)
+        if init.config != net.config:
+            raise PrivatenetError(f"{init_from} holds a network with other settings "
+                                  f"({init.config}); it cannot initialise {net.config}")
+        net.load_state_dict(init.state_dict())
+    known = None
+    if privacy is not None:
+        known, adv_meta = load_adversary(privacy["adversary"])
+        if adv_meta.get("tap") != privacy["tap"] or adv_meta.get("attribute") != \
+                privacy["private"]:
+            raise PrivatenetError(
+                f"{privacy['adversary']} attacks {adv_meta.get('attribute')!r} on tap "
+                f"{adv_meta.get('tap')!r}, not {privacy['private']!r} on {privacy['tap']!r}; "
+                "pass the matching attack folder")
+        spec = Privacy(loss=privacy["loss"], tap=privacy["tap"], attribute=privacy["private"],
+                       lam=float(privacy["lam"]), adversary=known,
+                       update=privacy.get("update", "fixed"))
+    history = fit(model=net, train=train, target=target, config=config,
+                  privacy=spec if privacy else None, run_dir=out / "train", resume=resume,
+                  callbacks=callbacks)
+    results = {"utility": evaluate_task(net, test, target, num_classes, config),
+               "history": history}
+    if privacy is not None:
+        results["known"] = evaluate_adversary(
+            known, net, test, tap=privacy["tap"], attribute=privacy["private"],
+            num_classes=len(data.classes[privacy["private"]]), config=config)
+    save_module(out / "model", net.cpu(), {
+        "role": "model", "data": data.name, "target": target, "classes": data.classes[target],
+        "image_size": image_size_of(data)})
+    write_json(out / "results.json", results)
+    return results
+
+
+def attack_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str,
+               config: TrainConfig, out: str | Path, head: str | None = None,
+               resume: bool = False, callbacks: Callbacks | None = None) -> dict:
+    """Train an adversary head on the frozen ``tap`` features of a trained network to predict
+    ``attribute``; evaluate it on the test split (the leakage report of DESIGN section 5)."""
+    out = Path(out)
+    net, meta = load_model(model_run)
+    if tap not in net.taps:
+        raise PrivatenetError(f"the network in {model_run} has no tap {tap!r}; it has: "
+                              f"{', '.join(net.taps)}")
+    if meta.get("image_size") not in (None, image_size_of(data)):
+        raise PrivatenetError(f"{model_run} was trained on {meta['image_size']}px images, the "
+                              f"data here are {image_size_of(data)}px; pass the same "
+                              "--image-size")
+    train, test = data.split("train", [attribute]), data.split("test", [attribute])
+    head = head or default_adversary(net.config["name"], tap)
+    settings = {"job": "attack", "data": data.name, "model_run": str(model_run), "tap": tap,
+                "attribute": attribute, "head": head, "train": asdict(config)}
+    done = _start(out, resume, settings)
+    if done is not None:
+        return done
+    device = resolve_device(config.device)
+    net.to(device)
+    feats = extract(net, train.images, tap=tap, batch_size=config.eval_batch_size,
+                    device=device)
+    seed_everything(config.seed)
+    num_classes = len(data.classes[attribute])
+    adversary = create_adversary(head, tap_shape=tuple(feats.shape[1:]),
+                                 num_classes=num_classes)
+    history = fit_adversary(head=adversary, features=feats, labels=train.labels[attribute],
+                            config=config, run_dir=out / "train", resume=resume,
+                            callbacks=callbacks)
+    results = evaluate_adversary(adversary, net, test, tap=tap, attribute=attribute,
+                                 num_classes=num_classes, config=config)
+    results = {"attribute": attribute, "tap": tap, "head": head, **results,
+               "history": history}
+    save_module(out / "adversary", adversary.cpu(), {
+        "role": "adversary", "tap": tap, "attribute": attribute,
+        "classes": data.classes[attribute], "model_run": str(model_run)})
+    write_json(out / "results.json", results)
+    return results

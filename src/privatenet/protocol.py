@@ -1,0 +1,274 @@
+"""The paper's whole protocol as a resumable pipeline of cached stages.
+
+Stages: the original task network; Table 1 (adversaries on the original network, from the image
+and from each tap); Table 2 (a privacy-preserving network for each loss x tap x attribute, its
+utility, the known adversary on its features and a fresh, unknown adversary trained on them);
+Fig. 2 (a lambda sweep); Table 3 (inference latency). Each stage runs in
+``OUT/stages/<name>-<hash>/`` where the hash covers the stage's settings and those of the stages
+it depends on, so a rerun skips every finished stage, a killed stage resumes from its
+checkpoint, and a changed setting recomputes exactly what it affects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from privatenet.bench import latency_ms
+from privatenet.data import load_dataset
+from privatenet.engine import Callbacks, TrainConfig
+from privatenet.errors import PrivatenetError
+from privatenet.jobs import attack_job, image_size_of, load_model, train_job
+from privatenet.losses import PRIVACY_LOSSES
+from privatenet.metrics import robustness
+from privatenet.models import create_model, default_adversary
+from privatenet.runs import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+REPORT_KEYS = ("accuracy", "balanced_accuracy", "majority", "chance", "normalized_leakage",
+               "ci95", "n")
+
+
+@dataclass
+class ProtocolConfig:
+    """Every setting of a ``reproduce`` run (see :data:`PRESETS`)."""
+
+    data: str = "synthfaces"
+    target: str = "emotion"
+    private: list[str] = field(default_factory=lambda: ["gender", "age"])
+    model: str = "arm_resnet18"
+    taps: list[str] | None = None  # None: every tap of the model
+    losses: list[str] = field(default_factory=lambda: list(PRIVACY_LOSSES))
+    lam: float = 0.5  # lambda of the Table 2 networks
+    lambdas: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0])
+    sweep_tap: str | None = None  # None: the first tap (backbone for the ARM network)
+    sweep_attribute: str | None = None  # None: the last private attribute (age by default)
+    sweep_loss: str = "confusion"
+    init: str = "original"  # privacy networks start from the original network's weights
+    adversarial_update: str = "alternating"
+    image_size: int | None = 224
+    epochs: int = 200
+    adversary_epochs: int = 200
+    privacy_epochs: int = 200
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    lr_decay: float = 0.9
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    latency_repeats: int = 100
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        for loss in [*self.losses, self.sweep_loss]:
+            if loss not in PRIVACY_LOSSES:
+                raise PrivatenetError(f"privacy loss {loss!r} is unknown; use "
+                                      f"{', '.join(PRIVACY_LOSSES)}")
+        if self.init not in ("original", "scratch"):
+            raise PrivatenetError(f"init {self.init!r} is unknown; use original or scratch")
+        for lam in [self.lam, *self.lambdas]:
+            if not 0.0 <= lam <= 1.0:
+                raise PrivatenetError(f"lambda {lam!r} is outside [0, 1]")
+        if not self.private:
+            raise PrivatenetError("give at least one private attribute (--private gender,age)")
+        if self.latency_repeats < 2:
+            raise PrivatenetError("latency repeats must be >= 2")
+
+    def train_config(self, epochs: int) -> TrainConfig:
+        return TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=self.lr,
+                           weight_decay=self.weight_decay, lr_decay=self.lr_decay,
+                           seed=self.seed, augment=self.augment, device=self.device)
+
+
+#: Named settings. ``paper`` is the paper's (arm_resnet18, 224x224, Adam 1e-3, 200 epochs,
+#: RAF-DB, gender and age, taps backbone and arm); ``quick`` the same network and protocol with
+#: 20 epochs; ``demo`` the CPU demo on synthfaces; ``smoke`` a seconds-long check of the plumbing.
+PRESETS: dict[str, dict] = {
+    "paper": {"model": "arm_resnet18", "image_size": 224, "epochs": 200,
+              "adversary_epochs": 200, "privacy_epochs": 200, "batch_size": 64,
+              "private": ["gender", "age"]},
+    "quick": {"model": "arm_resnet18", "image_size": 224, "epochs": 20, "adversary_epochs": 20,
+              "privacy_epochs": 20, "batch_size": 64, "latency_repeats": 50},
+    "demo": {"data": "synthfaces:n=3000,size=64", "model": "arm_small", "image_size": 64,
+             "epochs": 8, "adversary_epochs": 15, "privacy_epochs": 4, "batch_size": 64,
+             "lr": 2e-3, "lambdas": [0.0, 0.3, 0.5, 0.7, 0.9, 1.0], "latency_repeats": 30},
+    "smoke": {"model": "small_cnn", "image_size": 32, "epochs": 1, "adversary_epochs": 1,
+              "privacy_epochs": 1, "batch_size": 32, "lambdas": [0.0, 1.0],
+              "latency_repeats": 3},
+}
+
+
+def resolve_config(preset: str | None, overrides: dict) -> ProtocolConfig:
+    """A preset's settings with ``overrides`` (non-``None`` values) applied on top."""
+    if preset is not None and preset not in PRESETS:
+        raise PrivatenetError(f"preset {preset!r} is unknown; use one of {', '.join(PRESETS)}")
+    names = {f.name for f in fields(ProtocolConfig)}
+    unknown = set(overrides) - names
+    if unknown:
+        raise PrivatenetError(f"unknown protocol setting {sorted(unknown)[0]!r}")
+    values = dict(PRESETS.get(preset, {}))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return ProtocolConfig(**values)
+
+
+def _digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+class _Stages:
+    """Runs stages in hashed folders, remembering which ran and which were cached."""
+
+    def __init__(self, out: Path, on_stage: Callable[[str, bool], None] | None) -> None:
+        self.out, self.on_stage, self.log = out, on_stage, []
+
+    def run(self, name: str, key: dict, job: Callable[[Path], dict]) -> tuple[dict, Path, str]:
+        digest = _digest(key)
+        folder = self.out / "stages" / f"{name}-{digest}"
+        cached = (folder / "results.json").exists()
+        if self.on_stage:
+            self.on_stage(name, cached)
+        result = read_json(folder / "results.json") if cached else job(folder)
+        self.log.append({"stage": name, "folder": str(folder.relative_to(self.out)),
+                         "cached": cached})
+        return result, folder, digest
+
+
+def _report_row(r: dict) -> dict:
+    return {k: r[k] for k in REPORT_KEYS}
+
+
+def reproduce(*, config: ProtocolConfig, out: str | Path,
+              on_stage: Callable[[str, bool], None] | None = None,
+              callbacks: Callable[[str], Callbacks] | None = None) -> dict:
+    """Run (or resume) the whole protocol into ``out``; returns and writes ``results.json``,
+    ``report.md`` and the figures.
+
+    ``on_stage(name, cached)`` is called as each stage starts; ``callbacks(name)`` gives the
+    engine callbacks (progress bars) for a stage.
+    """
+    from privatenet.report import write_report
+
+    out = Path(out)
+    cb = callbacks or (lambda name: None)
+    data = load_dataset(config.data, image_size=config.image_size, cache_dir=config.cache_dir)
+    data.check_columns([config.target, *config.private])
+    size = image_size_of(data)
+    probe = create_model(config.model, num_classes=2, image_size=size)
+    taps = list(config.taps or probe.taps)
+    for tap in taps:
+        if tap not in probe.taps:
+            raise PrivatenetError(f"model {config.model!r} has no tap {tap!r}; it has: "
+                                  f"{', '.join(probe.taps)}")
+    sweep_tap = config.sweep_tap or taps[0]
+    sweep_attr = config.sweep_attribute or config.private[-1]
+    if sweep_tap not in taps or sweep_attr not in config.private:
+        raise PrivatenetError(f"the lambda sweep on {sweep_attr!r} from {sweep_tap!r} needs that "
+                              "tap in --taps and that attribute in --private")
+    task_cfg = config.train_config(config.epochs)
+    adv_cfg = config.train_config(config.adversary_epochs)
+    priv_cfg = config.train_config(config.privacy_epochs)
+    stages = _Stages(out, on_stage)
+    base = {"data": data.name, "image_size": size, "model": config.model}
+
+    # Original network (utility) ---------------------------------------------------------
+    orig_key = {**base, "target": config.target, "train": asdict(task_cfg)}
+    original, orig_dir, orig_hash = stages.run("original", orig_key, lambda d: train_job(
+        data=data, out=d, model=config.model, target=config.target, config=task_cfg,
+        resume=True, callbacks=cb("original")))
+
+    # Table 1 ----------------------------------------------------------------------------
+    table1, known = [], {}
+    for attr in config.private:
+        key = {**base, "target": attr, "train": asdict(task_cfg)}
+        res, _, _ = stages.run(f"image-{attr}", key, lambda d, a=attr: train_job(
+            data=data, out=d, model=config.model, target=a, config=task_cfg, resume=True,
+            callbacks=cb(f"image-{a}")))
+        table1.append({"attribute": attr, "source": "image", **_report_row(res["utility"])})
+        for tap in taps:
+            head = default_adversary(config.model, tap)
+            key = {"network": orig_hash, "tap": tap, "attribute": attr, "head": head,
+                   "train": asdict(adv_cfg)}
+            res, folder, digest = stages.run(f"attack-original-{tap}-{attr}", key,
+                                             lambda d, t=tap, a=attr, h=head: attack_job(
+                data=data, model_run=orig_dir, tap=t, attribute=a, head=h, config=adv_cfg,
+                out=d, resume=True, callbacks=cb(f"attack {t} {a}")))
+            known[tap, attr] = (res, folder, digest)
+            table1.append({"attribute": attr, "source": tap, "head": head,
+                           **_report_row(res)})
+
+    # Privacy-preserving networks (Table 2 and the sweep) ---------------------------------
+    def private_net(loss: str, tap: str, attr: str, lam: float) -> dict:
+        k_res, k_dir, k_hash = known[tap, attr]
+        update = "fixed" if loss == "confusion" else config.adversarial_update
+        privacy = {"loss": loss, "tap": tap, "private": attr, "lam": lam, "update": update,
+                   "adversary": str(k_dir)}
+        key = {"original": orig_hash, "known": k_hash, "loss": loss, "lam": lam,
+               "update": update, "init": config.init, "train": asdict(priv_cfg)}
+        init = orig_dir if config.init == "original" else None
+        name = f"private-{loss}-{tap}-{attr}-lam{lam:g}"
+        net, net_dir, net_hash = stages.run(name, key, lambda d: train_job(
+            data=data, out=d, model=config.model, target=config.target, config=priv_cfg,
+            init_from=init, privacy=privacy, resume=True, callbacks=cb(name)))
+        head = default_adversary(config.model, tap)
+        key = {"network": net_hash, "tap": tap, "attribute": attr, "head": head,
+               "train": asdict(adv_cfg)}
+        unknown, _, _ = stages.run(f"attack-{name}", key, lambda d: attack_job(
+            data=data, model_run=net_dir, tap=tap, attribute=attr, head=head, config=adv_cfg,
+            out=d, resume=True, callbacks=cb(f"unknown {name}")))
+        return {"attribute": attr, "tap": tap, "loss": loss, "lam": lam, "update": update,
+                "utility": _report_row(net["utility"]), "known": _report_row(net["known"]),
+                "unknown": _report_row(unknown),
+                "robustness_known": robustness(net["known"]["accuracy"], k_res["accuracy"]),
+                "robustness_unknown": robustness(unknown["accuracy"], k_res["accuracy"]),
+                "network": str(net_dir)}
+
+    table2 = [private_net(loss, tap, attr, config.lam)
+              for loss in config.losses for tap in taps for attr in config.private]
+    sweep = []
+    for lam in config.lambdas:
+        row = private_net(config.sweep_loss, sweep_tap, sweep_attr, lam)
+        sweep.append({"lam": lam, "utility": row["utility"]["accuracy"],
+                      "known": row["known"]["accuracy"], "unknown": row["unknown"]["accuracy"],
+                      "utility_report": row["utility"], "known_report": row["known"],
+                      "unknown_report": row["unknown"]})
+
+    # Table 3 ----------------------------------------------------------------------------
+    networks = [("original", orig_dir)] + [
+        (f"{r['loss']}/{r['tap']}/{r['attribute']}", Path(r["network"])) for r in table2]
+    latency = []
+    for name, folder in networks:
+        key = {"network": str(folder), "device": config.device,
+               "repeats": config.latency_repeats}
+        res, _, _ = stages.run("latency-" + name.replace("/", "-"), key,
+                               lambda d, f=folder: _latency_stage(d, f, size, config))
+        latency.append({"network": name, **res})
+
+    results = {
+        "config": asdict(config) | {"taps": taps, "sweep_tap": sweep_tap,
+                                    "sweep_attribute": sweep_attr},
+        "classes": {c: data.classes[c] for c in [config.target, *config.private]},
+        "utility": {"original": {k: original["utility"][k]
+                                 for k in ("accuracy", "balanced_accuracy")},
+                    "original_report": _report_row(original["utility"])},
+        "table1": table1, "table2": table2, "lambda_sweep": sweep, "latency_ms": latency,
+        "stages": stages.log,
+    }
+    write_json(out / "results.json", results)
+    write_report(results, out)
+    return results
+
+
+def _latency_stage(folder: Path, network: Path, size: int, config: ProtocolConfig) -> dict:
+    from privatenet.engine import resolve_device
+
+    model, _ = load_model(network)
+    res = latency_ms(model, image_size=size, device=resolve_device(config.device),
+                     repeats=config.latency_repeats)
+    write_json(folder / "results.json", res)
+    return res
