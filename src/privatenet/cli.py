@@ -231,7 +231,8 @@ class _Progress:
         if self.bar is None:
             self.epoch += 1
             self.bar = tqdm(total=total, desc=f"{self.label} epoch {self.epoch}", leave=False,
-                            file=sys.stderr, dynamic_ncols=True)
+                            file=sys.stderr, dynamic_ncols=True,
+                            disable=not sys.stderr.isatty())
         self.bar.update(done - self.bar.n)
 
     def end(self, record: dict) -> None:

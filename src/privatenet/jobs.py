@@ -28,7 +28,7 @@ from privatenet.engine import (
 )
 from privatenet.errors import PrivatenetError
 from privatenet.metrics import leakage_report
-from privatenet.models import create_adversary, create_model, default_adversary
+from privatenet.models import create_adversary, create_model, default_adversary, model_options
 from privatenet.runs import load_module, read_json, save_module, write_json, write_yaml
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,30 @@ log = logging.getLogger(__name__)
 def image_size_of(data: Dataset) -> int:
     """Side of the (square) decoded images of ``data``."""
     return int(next(iter(data.splits.values())).images.shape[-1])
+
+
+def build_model(name: str, *, num_classes: int, image_size: int, **kwargs) -> torch.nn.Module:
+    """``create_model`` with the input size passed to the models whose shape depends on it."""
+    if "image_size" in model_options(name):
+        kwargs["image_size"] = image_size
+    return create_model(name, num_classes=num_classes, **kwargs)
+
+
+def check_classes(saved: list[str], data: Dataset, column: str, source: str | Path) -> None:
+    """Refuse to combine a saved model or adversary with data whose class list for ``column``
+    differs from the one it was trained with (the indices would mean other classes)."""
+    have = data.classes[column]
+    if list(saved) == list(have):
+        return
+    extra = [c for c in have if c not in saved]
+    if extra:
+        raise PrivatenetError(
+            f"label {extra[0]!r} of column {column!r} in {data.name} is not in the class list "
+            f"of {source} ({', '.join(saved)}); use data with those classes or train from "
+            "scratch")
+    raise PrivatenetError(
+        f"{data.name} has classes ({', '.join(have)}) for {column!r}, but {source} was trained "
+        f"with ({', '.join(saved)}); use data with the same class list")
 
 
 def _start(out: Path, resume: bool, settings: dict) -> dict | None:
@@ -124,10 +148,11 @@ def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config
         return done
     seed_everything(config.seed)
     num_classes = len(data.classes[target])
-    net = create_model(model, num_classes=num_classes, image_size=image_size_of(data),
-                       **model_kwargs)
+    net = build_model(model, num_classes=num_classes, image_size=image_size_of(data),
+                      **model_kwargs)
     if init_from is not None:
-        init, _ = load_model(init_from, expect=model)
+        init, init_meta = load_model(init_from, expect=model)
+        check_classes(init_meta["classes"], data, target, init_from)
         if init.config != net.config:
             raise PrivatenetError(f"{init_from} holds a network with other settings "
                                   f"({init.config}); it cannot initialise {net.config}")
@@ -135,6 +160,7 @@ def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config
     known = None
     if privacy is not None:
         known, adv_meta = load_adversary(privacy["adversary"])
+        check_classes(adv_meta["classes"], data, privacy["private"], privacy["adversary"])
         if adv_meta.get("tap") != privacy["tap"] or adv_meta.get("attribute") != \
                 privacy["private"]:
             raise PrivatenetError(

@@ -22,10 +22,10 @@ from privatenet.bench import latency_ms
 from privatenet.data import load_dataset
 from privatenet.engine import Callbacks, TrainConfig
 from privatenet.errors import PrivatenetError
-from privatenet.jobs import attack_job, image_size_of, load_model, train_job
+from privatenet.jobs import attack_job, build_model, image_size_of, load_model, train_job
 from privatenet.losses import PRIVACY_LOSSES
 from privatenet.metrics import robustness
-from privatenet.models import create_model, default_adversary
+from privatenet.models import default_adversary
 from privatenet.runs import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ def reproduce(*, config: ProtocolConfig, out: str | Path,
     data = load_dataset(config.data, image_size=config.image_size, cache_dir=config.cache_dir)
     data.check_columns([config.target, *config.private])
     size = image_size_of(data)
-    probe = create_model(config.model, num_classes=2, image_size=size)
+    probe = build_model(config.model, num_classes=2, image_size=size)
     taps = list(config.taps or probe.taps)
     for tap in taps:
         if tap not in probe.taps:

@@ -166,18 +166,20 @@ def load_module(stem: str | Path, *, expect: str | None = None
 
     tensors, meta = load_checkpoint(stem)
     cfg = meta.get("module")
-    if not isinstance(cfg, dict) or "name" not in cfg:
+    adversary = meta.get("role") == "adversary"
+    arch = cfg.get("kind" if adversary else "name") if isinstance(cfg, dict) else None
+    if arch is None:
         raise PrivatenetError(f"{Path(stem).with_suffix('.json')}: no module config; "
                               "not a privatenet model or adversary checkpoint")
-    if expect is not None and cfg["name"] != expect:
-        raise PrivatenetError(f"{Path(stem).with_suffix('.json')} holds a {cfg['name']!r} "
+    if expect is not None and arch != expect:
+        raise PrivatenetError(f"{Path(stem).with_suffix('.json')} holds a {arch!r} "
                               f"network, not {expect!r}; pass a checkpoint of that architecture")
-    build = adversary_from_config if meta.get("role") == "adversary" else model_from_config
+    build = adversary_from_config if adversary else model_from_config
     module = build(cfg)
     try:
         module.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise PrivatenetError(f"{Path(stem).with_suffix('.safetensors')} does not fit a "
-                              f"{cfg['name']!r} network ({first})") from None
+                              f"{arch!r} network ({first})") from None
     return module, meta

@@ -1,0 +1,160 @@
+"""The CLI end to end on tiny data, and every bad-input case of the foundation issue: one-line
+error, exit code 2, no traceback, nothing already written damaged."""
+
+import json
+
+import pytest
+
+from privatenet.cli import main
+
+FAST = ["--epochs", "1", "--batch-size", "16", "--device", "cpu"]
+
+
+def _fails(capsys, argv, *needles):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith("privatenet: error:"), err
+    assert "Traceback" not in err[0]
+    for n in needles:
+        assert n in err[0], err[0]
+    return err[0]
+
+
+def _snapshot(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished tiny train run (small_cnn on a manifest) shared by the tests below."""
+    from conftest import write_manifest
+
+    root = tmp_path_factory.mktemp("cli")
+    csv = write_manifest(root / "data")
+    run = root / "run"
+    assert main(["train", "--data", f"manifest:{csv}", "--model", "small_cnn", *FAST,
+                 "--out", str(run)]) == 0
+    return csv, run
+
+
+def test_train_then_attack_prints_a_leakage_report(trained, tmp_path, capsys):
+    csv, run = trained
+    assert (run / "config.yaml").exists() and (run / "train" / "metrics.jsonl").exists()
+    assert json.loads((run / "results.json").read_text())["utility"]["accuracy"] >= 0
+    capsys.readouterr()
+    assert main(["attack", "--run", str(run), "--tap", "pool", "--private", "gender", *FAST,
+                 "--out", str(tmp_path / "atk")]) == 0
+    out = capsys.readouterr().out
+    for line in ("accuracy", "balanced accuracy", "majority-class rate", "chance (1/K)",
+                 "normalised leakage"):
+        assert line in out
+    res = json.loads((tmp_path / "atk" / "results.json").read_text())
+    assert res["attribute"] == "gender" and res["head"] == "mlp"
+
+
+def test_data_info(capsys, make_manifest, tmp_path):
+    csv = make_manifest(tmp_path)
+    assert main(["data-info", f"manifest:{csv}"]) == 0
+    out = capsys.readouterr().out
+    assert "split train: 40 images" in out and "majority rate" in out
+
+
+def test_missing_dataset_root(capsys, tmp_path):
+    _fails(capsys, ["data-info", f"rafdb:{tmp_path / 'nope'}"], "nope")
+
+
+def test_missing_image_file(capsys, make_manifest, tmp_path):
+    csv = make_manifest(tmp_path)
+    (tmp_path / "img" / "005.png").unlink()
+    _fails(capsys, ["data-info", f"manifest:{csv}"], "005.png")
+
+
+def test_malformed_label_line(capsys, make_manifest, tmp_path):
+    csv = make_manifest(tmp_path)
+    lines = csv.read_text().splitlines()
+    lines[3] = lines[3] + ",extra"
+    csv.write_text("\n".join(lines) + "\n")
+    _fails(capsys, ["data-info", f"manifest:{csv}"], "faces.csv", "line 4")
+
+
+def test_malformed_rafdb_label_line(capsys, tmp_path):
+    (tmp_path / "EmoLabel").mkdir()
+    (tmp_path / "Image" / "aligned").mkdir(parents=True)
+    (tmp_path / "EmoLabel" / "list_patition_label.txt").write_text(
+        "train_00001.jpg 5\r\ntrain_00002.jpg five\r\n")
+    _fails(capsys, ["data-info", f"rafdb:{tmp_path}"], "list_patition_label.txt", "line 2")
+
+
+def test_label_name_not_in_the_class_list(capsys, trained, tmp_path, make_manifest):
+    """Initialising from a run whose saved class list lacks a label of the data."""
+    _, run = trained
+    csv = make_manifest(tmp_path / "other")
+    csv.write_text(csv.read_text().replace(",sad,", ",bored,"))
+    _fails(capsys, ["train", "--data", f"manifest:{csv}", "--model", "small_cnn",
+                    "--init-from", str(run), *FAST, "--out", str(tmp_path / "o")],
+           "'bored'", "class list")
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_empty_split(capsys, make_manifest, tmp_path):
+    csv = make_manifest(tmp_path, splits=("train", "train"))
+    _fails(capsys, ["train", "--data", f"manifest:{csv}", "--model", "small_cnn", *FAST,
+                    "--out", str(tmp_path / "o")], "'test'")
+
+
+def test_private_attribute_the_dataset_lacks(capsys, trained, tmp_path):
+    csv, run = trained
+    _fails(capsys, ["attack", "--run", str(run), "--tap", "pool", "--private", "race", *FAST,
+                    "--out", str(tmp_path / "o")], "'race'")
+
+
+def test_checkpoint_of_another_architecture(capsys, trained, tmp_path):
+    csv, run = trained
+    _fails(capsys, ["train", "--data", f"manifest:{csv}", "--model", "resnet18",
+                    "--init-from", str(run), *FAST, "--out", str(tmp_path / "o")],
+           "small_cnn", "resnet18")
+
+
+def test_corrupt_checkpoint_file(capsys, trained, tmp_path):
+    import shutil
+
+    _, run = trained
+    bad = tmp_path / "bad"
+    shutil.copytree(run, bad)
+    blob = bytearray((bad / "model.safetensors").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (bad / "model.safetensors").write_bytes(bytes(blob))
+    before = _snapshot(bad)
+    _fails(capsys, ["attack", "--run", str(bad), "--tap", "pool", "--private", "gender", *FAST,
+                    "--out", str(tmp_path / "o")], "model.safetensors", "corrupt")
+    assert _snapshot(bad) == before
+
+
+def test_finished_run_is_never_overwritten(capsys, trained):
+    csv, run = trained
+    before = _snapshot(run)
+    _fails(capsys, ["train", "--data", f"manifest:{csv}", "--model", "small_cnn", *FAST,
+                    "--out", str(run)], str(run))
+    assert _snapshot(run) == before
+
+
+def test_privacy_options_come_together(capsys, trained, tmp_path):
+    csv, _ = trained
+    _fails(capsys, ["train", "--data", f"manifest:{csv}", "--loss", "confusion", *FAST,
+                    "--out", str(tmp_path / "o")], "--tap", "--private", "--adversary")
+
+
+def test_bad_config_file(capsys, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: [1\n")
+    _fails(capsys, ["--config", str(cfg), "data-info", "synthfaces"], "c.yaml")
+
+
+def test_help_explains_every_option(capsys):
+    for cmd in ("train", "attack", "reproduce", "demo", "data-info"):
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        assert e.value.code == 0
+        out = capsys.readouterr().out
+        assert "--" in out or cmd == "data-info"

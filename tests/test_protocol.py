@@ -1,0 +1,68 @@
+import json
+
+import pytest
+
+from privatenet.errors import PrivatenetError
+from privatenet.protocol import reproduce, resolve_config
+
+REPORT = {"accuracy", "balanced_accuracy", "majority", "chance", "normalized_leakage", "ci95"}
+
+
+def _check_report(r):
+    assert REPORT <= set(r)
+    for k in ("accuracy", "balanced_accuracy", "majority", "chance"):
+        assert 0.0 <= r[k] <= 1.0
+    assert r["ci95"][0] <= r["accuracy"] <= r["ci95"][1]
+
+
+def test_smoke_reproduce_on_a_grayscale_string_label_manifest(tmp_path, make_manifest):
+    csv = make_manifest(tmp_path / "data", grayscale=True)
+    config = resolve_config("smoke", {"data": f"manifest:{csv}", "taps": ["pool"],
+                                      "device": "cpu"})
+    out = tmp_path / "run"
+    results = reproduce(config=config, out=out)
+
+    # results.json: the schema of the protocol issue
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["utility"]["original"].keys() >= {"accuracy", "balanced_accuracy"}
+    assert {(r["attribute"], r["source"]) for r in saved["table1"]} == {
+        ("gender", "image"), ("gender", "pool"), ("age", "image"), ("age", "pool")}
+    for r in saved["table1"]:
+        _check_report(r)
+    assert len(saved["table2"]) == 2 * 1 * 2  # losses x taps x attributes
+    for r in saved["table2"]:
+        assert r["loss"] in ("confusion", "adversarial") and r["tap"] == "pool"
+        _check_report(r["known"])
+        _check_report(r["unknown"])
+        assert set(r["utility"]) >= {"accuracy", "balanced_accuracy"}
+        orig = next(t for t in saved["table1"]
+                    if t["attribute"] == r["attribute"] and t["source"] == "pool")
+        expect = (r["unknown"]["accuracy"] - orig["accuracy"]) / orig["accuracy"] * 100
+        assert r["robustness_unknown"] == pytest.approx(expect)
+    assert [r["lam"] for r in saved["lambda_sweep"]] == [0.0, 1.0]
+    assert all({"lam", "utility", "known", "unknown"} <= set(r) for r in saved["lambda_sweep"])
+    assert [r["network"] for r in saved["latency_ms"]][0] == "original"
+    assert all(r["mean"] > 0 and r["std"] >= 0 and r["device"] for r in saved["latency_ms"])
+    assert saved["classes"]["emotion"] == ["angry", "happy", "sad"]
+    report = (out / "report.md").read_text()
+    assert "Table 1" in report and "Table 2" in report and "Table 3" in report
+    assert (out / "fig2_lambda_sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert not any(s["cached"] for s in results["stages"])
+
+    # a rerun skips every finished stage and gives the same numbers
+    again = reproduce(config=config, out=out)
+    assert all(s["cached"] for s in again["stages"])
+    assert again["table2"] == results["table2"]
+
+
+def test_resolve_config_checks_values():
+    with pytest.raises(PrivatenetError, match="preset"):
+        resolve_config("fast", {})
+    with pytest.raises(PrivatenetError, match="outside"):
+        resolve_config("smoke", {"lambdas": [0.0, 2.0]})
+    with pytest.raises(PrivatenetError, match="privacy loss"):
+        resolve_config("smoke", {"losses": ["mine"]})
+    paper = resolve_config("paper", {})
+    assert (paper.model, paper.image_size, paper.epochs, paper.lr) == ("arm_resnet18", 224,
+                                                                       200, 1e-3)
+    assert paper.private == ["gender", "age"] and paper.taps is None  # all: backbone, arm
