@@ -1,0 +1,225 @@
+"""Any image data set described by one CSV file (DESIGN section 4.2, ``manifest:FILE.csv``).
+
+Format::
+
+    path,split,emotion,gender
+    img/0001.png,train,happy,female
+    img/0002.png,test,sad,
+    /data/other/0003.jpg,val,neutral,male
+
+``path`` is relative to the CSV's folder (or absolute); ``split`` is ``train``, ``test`` or
+``val``; every other column is a label column. A column whose cells are all integers has classes
+``"0"`` .. ``"max"`` and value ``v`` is class ``v``; any other column has the sorted distinct
+names of the whole file as classes, so every split uses the same indices. An empty cell is an
+unknown label (MISSING) and drops the row only where that column is used.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from pathlib import Path
+
+import torch
+
+from privatenet.data.base import MISSING, Dataset, Split
+from privatenet.data.cache import check_cache_dir, check_image_size, decode_images
+from privatenet.errors import PrivatenetError
+
+__all__ = ["load_manifest", "SPLITS"]
+
+log = logging.getLogger(__name__)
+
+#: Allowed values of the ``split`` column.
+SPLITS = ("train", "test", "val")
+
+# Integers, also as written by pandas for an integer column with gaps ("3.0").
+_INT = re.compile(r"[+-]?\d+(?:\.0*)?")
+
+
+def load_manifest(
+    csv_path: str | Path, *, image_size: int | None = None, cache_dir: str | Path | None = None
+) -> Dataset:
+    """Load the data set described by ``csv_path`` as a :class:`Dataset` named
+    ``manifest:<csv_path>``.
+
+    Splits are those named in the ``split`` column; rows keep the file's order within a split and
+    ``Split.ids`` holds the ``path`` cells as written. ``Dataset.classes`` holds each label
+    column's class names (save them with a run to decode predictions later). Images are decoded
+    once by :func:`~privatenet.data.cache.decode_images` (``image_size``, ``cache_dir`` as there).
+
+    Raises :class:`PrivatenetError`, one line naming the file (and line), for a missing file, a
+    header without ``path``/``split`` or label columns, a row with the wrong number of cells, an
+    empty path, an unknown split, a negative integer label or a missing image.
+    """
+    if not isinstance(csv_path, (str, Path)):
+        raise TypeError(f"csv_path must be a path, got {type(csv_path).__name__}")
+    csv_path = Path(csv_path)
+    image_size = check_image_size(image_size)
+    check_cache_dir(cache_dir)
+
+    header, rows = _read_csv(csv_path)
+    where = {name: i for i, name in enumerate(header)}
+    label_columns = [h for h in header if h not in ("path", "split")]
+
+    base = csv_path.parent
+    paths: list[Path] = []
+    ids: list[str] = []
+    split_of: list[str] = []
+    cells: dict[str, list[str]] = {c: [] for c in label_columns}
+    linenos: list[int] = []
+    for lineno, row in rows:
+        raw_path = row[where["path"]].strip()
+        if not raw_path:
+            raise PrivatenetError(
+                f"{csv_path} line {lineno}: the path cell is empty; give the image path "
+                "(relative to the CSV's folder, or absolute)"
+            )
+        split = row[where["split"]].strip()
+        if split not in SPLITS:
+            raise PrivatenetError(
+                f"{csv_path} line {lineno}: split {split!r} is not allowed; use one of "
+                f"{', '.join(SPLITS)}"
+            )
+        # Path("/abs") stays absolute under "/": base / "/abs" == "/abs".
+        path = base / Path(raw_path).expanduser()
+        if not path.is_file():
+            raise PrivatenetError(
+                f"{csv_path} line {lineno}: image {path} is missing; fix the path (relative "
+                "paths start at the CSV's folder) or remove the row"
+            )
+        paths.append(path)
+        ids.append(raw_path)
+        split_of.append(split)
+        linenos.append(lineno)
+        for c in label_columns:
+            cells[c].append(row[where[c]].strip())
+
+    classes: dict[str, list[str]] = {}
+    labels: dict[str, list[int]] = {}
+    for c in label_columns:
+        classes[c], labels[c] = _encode_column(c, cells[c], linenos, csv_path)
+
+    # Decode in split order so each split is a contiguous slice of one tensor (no second copy
+    # of the images, one cache file for the whole manifest).
+    order: dict[str, list[int]] = {}
+    for i, split in enumerate(split_of):
+        order.setdefault(split, []).append(i)
+    flat = [i for split in order for i in order[split]]
+    images = decode_images([paths[i] for i in flat], image_size=image_size, cache_dir=cache_dir)
+
+    splits: dict[str, Split] = {}
+    start = 0
+    for split, idx in order.items():
+        stop = start + len(idx)
+        splits[split] = Split(
+            images=images[start:stop],
+            labels={c: torch.tensor([labels[c][i] for i in idx], dtype=torch.long)
+                    for c in label_columns},
+            ids=[ids[i] for i in idx],
+        )
+        start = stop
+    log.info(
+        "manifest %s: %s; columns %s", csv_path,
+        ", ".join(f"{k} {len(v)}" for k, v in splits.items()),
+        ", ".join(f"{c} ({len(classes[c])} classes)" for c in label_columns),
+    )
+    return Dataset(name=f"manifest:{csv_path}", splits=splits, classes=classes)
+
+
+def _read_csv(csv_path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header (stripped names) and the non-blank rows with their line numbers, all checked."""
+    if not csv_path.is_file():
+        raise PrivatenetError(
+            f"manifest {csv_path} does not exist; give a CSV file with header "
+            "'path,split,<label columns>'"
+        )
+    try:
+        # utf-8-sig drops the byte-order mark that spreadsheet programs put in front of the
+        # header (otherwise the first column would be named '\ufeffpath'); newline="" lets the
+        # csv module handle CRLF and quoted newlines itself.
+        with open(csv_path, encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh)
+            header: list[str] | None = None
+            rows: list[tuple[int, list[str]]] = []
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue  # blank line
+                if header is None:
+                    header = [cell.strip() for cell in row]
+                    _check_header(header, csv_path, reader.line_num)
+                    continue
+                if len(row) != len(header):
+                    raise PrivatenetError(
+                        f"{csv_path} line {reader.line_num}: {len(row)} cells, but the header "
+                        f"has {len(header)} ({','.join(header)}); fix the row (quote cells "
+                        "that contain commas)"
+                    )
+                rows.append((reader.line_num, row))
+    except UnicodeDecodeError as exc:
+        raise PrivatenetError(
+            f"manifest {csv_path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save "
+            "it as UTF-8 CSV"
+        ) from None
+    except csv.Error as exc:
+        raise PrivatenetError(f"manifest {csv_path} is not valid CSV ({exc}); fix it") from None
+    if header is None:
+        raise PrivatenetError(
+            f"manifest {csv_path} is empty; give a header 'path,split,<label columns>' and rows"
+        )
+    if not rows:
+        raise PrivatenetError(f"manifest {csv_path} has a header but no rows; add image rows")
+    return header, rows
+
+
+def _check_header(header: list[str], csv_path: Path, lineno: int) -> None:
+    where = f"manifest {csv_path} line {lineno}: header {','.join(header)!r}"
+    for required in ("path", "split"):
+        if required not in header:
+            raise PrivatenetError(
+                f"{where} has no {required!r} column; the header must be "
+                "'path,split,<label columns>'"
+            )
+    if any(not h for h in header):
+        raise PrivatenetError(f"{where} has an empty column name; name every column")
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        raise PrivatenetError(f"{where} repeats column {dupes[0]!r}; give each column once")
+    if len(header) == 2:
+        raise PrivatenetError(
+            f"{where} has no label column; add at least one, e.g. 'path,split,emotion'"
+        )
+
+
+def _encode_column(
+    column: str, cells: list[str], linenos: list[int], csv_path: Path
+) -> tuple[list[str], list[int]]:
+    """Class names and per-row indices (MISSING for empty cells) of one label column."""
+    known = [v for v in cells if v]
+    if not known:
+        raise PrivatenetError(
+            f"manifest {csv_path}: label column {column!r} is empty in every row; fill it or "
+            "remove the column"
+        )
+    if all(_INT.fullmatch(v) for v in known):
+        values = []
+        for v, lineno in zip(cells, linenos, strict=True):
+            n = int(v.split(".")[0]) if v else MISSING
+            if v and n < 0:
+                raise PrivatenetError(
+                    f"{csv_path} line {lineno}: {column} label {v} is negative; integer labels "
+                    "are class indices 0, 1, ...; leave the cell empty for an unknown label"
+                )
+            values.append(n)
+        # Classes are every index up to the largest, so a class missing from the file still
+        # keeps its index (index v is class "v", whatever else the file holds).
+        return [str(i) for i in range(max(values) + 1)], values
+    if any(_INT.fullmatch(v) for v in known):
+        log.warning(
+            "manifest %s: column %r mixes integers and names; treating every value as a "
+            "class name", csv_path, column,
+        )
+    names = sorted(set(known))
+    index = {n: i for i, n in enumerate(names)}
+    return names, [index[v] if v else MISSING for v in cells]
