@@ -1,0 +1,140 @@
+"""One factory and one registry for every classifier (timm ``_factory.py`` style).
+
+A model module registers its factory functions with :func:`register_model`; users create models
+with :func:`create_model` by name. Every model created here carries a ``config`` dict of plain
+values (``{"name": ..., "num_classes": ..., **options}``, defaults resolved) from which
+:func:`model_from_config` re-creates the same architecture; the engine stores it in checkpoints.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from privatenet.errors import PrivatenetError
+
+__all__ = ["create_model", "list_models", "model_from_config", "model_options", "register_model"]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    fn: Callable[..., nn.Module]
+    tags: frozenset[str]
+
+
+_MODELS: dict[str, _Entry] = {}
+
+
+def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | None = None,
+                   tags: tuple[str, ...] = ()):
+    """Register a factory ``fn(num_classes, **options) -> nn.Module`` under its function name.
+
+    Use bare (``@register_model``) or with options (``@register_model(tags=("arm",))``). The
+    factory's keyword parameters other than ``num_classes`` are the options ``create_model``
+    accepts; give each a default.
+    """
+
+    def deco(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        key = name or f.__name__
+        if key in _MODELS and _MODELS[key].fn is not f:
+            raise ValueError(f"model {key!r} is registered twice")
+        params = inspect.signature(f).parameters
+        if "num_classes" not in params:
+            raise ValueError(f"model factory {key!r} must take a num_classes parameter")
+        _MODELS[key] = _Entry(f, frozenset(tags))
+        return f
+
+    return deco(fn) if fn is not None else deco
+
+
+def list_models(tag: str | None = None) -> list[str]:
+    """Names of the registered models, sorted; only those carrying ``tag`` if given."""
+    return sorted(k for k, e in _MODELS.items() if tag is None or tag in e.tags)
+
+
+def _entry(name: str) -> _Entry:
+    if not isinstance(name, str) or name not in _MODELS:
+        raise PrivatenetError(
+            f"unknown model {name!r}; valid models: {', '.join(list_models())}"
+        )
+    return _MODELS[name]
+
+
+def check_model_name(name: str) -> str:
+    """``name`` if it is registered, else a :class:`PrivatenetError` listing the valid names."""
+    _entry(name)
+    return name
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """The options model ``name`` accepts, with their defaults (``num_classes`` excluded)."""
+    params = inspect.signature(_entry(name).fn).parameters
+    return {k: p.default for k, p in params.items() if k != "num_classes"}
+
+
+def _plain(value: Any) -> Any:
+    """A config value as a plain (JSON/YAML-friendly) value: paths become strings."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def check_num_classes(num_classes: Any, what: str) -> int:
+    """``num_classes`` as an int >= 2, or a one-line :class:`PrivatenetError`."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise PrivatenetError(f"{what}: num_classes must be an integer >= 2, got {num_classes!r}")
+    return num_classes
+
+
+def create_model(name: str, *, num_classes: int, **kwargs: Any) -> nn.Module:
+    """Create the registered model ``name`` with ``num_classes`` outputs.
+
+    Every model has ``forward(x) -> logits``, a ``taps`` tuple of tap names,
+    ``forward_taps(x) -> (logits, {tap: tensor})`` and a ``config`` dict of plain values.
+    An unknown name or option raises :class:`PrivatenetError` listing the valid ones.
+    """
+    entry = _entry(name)
+    sig = inspect.signature(entry.fn)
+    valid = [k for k in sig.parameters if k != "num_classes"]
+    unknown = [k for k in kwargs if k not in valid]
+    if unknown:
+        raise PrivatenetError(
+            f"model {name!r} has no option {unknown[0]!r}; valid options: "
+            f"{', '.join(valid) if valid else '(none)'}"
+        )
+    check_num_classes(num_classes, f"model {name!r}")
+    bound = sig.bind(num_classes=num_classes, **kwargs)
+    bound.apply_defaults()
+    model = entry.fn(**bound.arguments)
+    model.config = {"name": name, **{k: _plain(v) for k, v in bound.arguments.items()}}
+    return model
+
+
+def model_from_config(config: Mapping[str, Any], *, load_backbone_weights: bool = False
+                      ) -> nn.Module:
+    """Re-create a model from its ``config`` (as stored in a checkpoint).
+
+    This re-creates the architecture; the weights come from the checkpoint. A
+    ``backbone_weights`` path in the config is therefore not read again unless
+    ``load_backbone_weights`` is true (the file may have moved since training). The new model's
+    ``config`` equals ``config``.
+    """
+    if not isinstance(config, Mapping) or "name" not in config or "num_classes" not in config:
+        raise PrivatenetError(
+            f"model config must be a mapping with 'name' and 'num_classes', got {config!r}"
+        )
+    options = dict(config)
+    name = options.pop("name")
+    num_classes = options.pop("num_classes")
+    if not load_backbone_weights and options.get("backbone_weights") is not None:
+        options["backbone_weights"] = None
+    model = create_model(name, num_classes=num_classes, **options)
+    model.config = dict(config)
+    return model

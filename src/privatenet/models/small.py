@@ -1,0 +1,91 @@
+"""Small fast CNNs for CPU demos and tests: ``arm_small`` (the ARM head on a tiny backbone) and
+``small_cnn`` (a plain CNN)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from privatenet.models.arm import ARMNet, check_affinity, check_drop_rate, check_image_size
+from privatenet.models.registry import check_num_classes, register_model
+
+__all__ = ["SmallCNN", "arm_small", "small_arm_backbone", "small_cnn", "small_map_side"]
+
+
+def conv_bn_relu(cin: int, cout: int, *, kernel: int = 3, stride: int = 1,
+                 groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups,
+                  bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+def small_map_side(image_size: int) -> int:
+    """Side of the small backbone's map: four stride-2 3x3 convs (padding 1) halve it, rounding
+    up, so the output stride is 16 (64 -> 4, 48 -> 3)."""
+    side = image_size
+    for _ in range(4):
+        side = (side + 1) // 2
+    return side
+
+
+def small_arm_backbone() -> nn.Sequential:
+    """3 -> 24 -> 48 -> 96 (stride 2 each), a depthwise stride-2 step, then 1x1 -> 512.
+
+    Output stride 16 and 512 channels, as PixelShuffle(16) needs; about 13.6 MFLOPs
+    (6.8 M multiply-adds) for a 64x64 image, ARM head included.
+    """
+    return nn.Sequential(
+        conv_bn_relu(3, 24, stride=2),
+        conv_bn_relu(24, 48, stride=2),
+        conv_bn_relu(48, 96, stride=2),
+        conv_bn_relu(96, 96, stride=2, groups=96),
+        conv_bn_relu(96, 512, kernel=1),
+    )
+
+
+@register_model(tags=("arm",))
+def arm_small(num_classes: int, image_size: int = 64, affinity: str = "running",
+              drop_rate: float = 0.0) -> ARMNet:
+    """The paper's ARM head on a small CNN: 64x64 -> 512x4x4 backbone -> 5x5 ARM map (25)."""
+    check_num_classes(num_classes, "arm_small")
+    side = check_image_size("arm_small", image_size, small_map_side)
+    check_affinity(affinity)
+    drop_rate = check_drop_rate("arm_small", drop_rate)
+    return ARMNet(small_arm_backbone(), backbone_side=side, num_classes=num_classes,
+                  affinity=affinity, drop_rate=drop_rate)
+
+
+class SmallCNN(nn.Module):
+    """Three stride-2 conv-BN-ReLU blocks (16, 32, 64 channels), global average pool, fc.
+
+    Taps: ``backbone`` (N, 64, h, w), the last conv map, and ``pool`` (N, 64).
+    """
+
+    taps = ("backbone", "pool")
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            conv_bn_relu(3, 16, stride=2),
+            conv_bn_relu(16, 32, stride=2),
+            conv_bn_relu(32, 64, stride=2),
+        )
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        backbone = self.features(x)
+        pool = backbone.mean(dim=(2, 3))
+        return self.fc(pool), {"backbone": backbone, "pool": pool}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_taps(x)[0]
+
+
+@register_model
+def small_cnn(num_classes: int) -> SmallCNN:
+    """A tiny plain CNN for tests (any input size >= 1)."""
+    check_num_classes(num_classes, "small_cnn")
+    return SmallCNN(num_classes)
