@@ -86,7 +86,7 @@ def plot_lambda_sweep(results: dict) -> bytes:
     sweep = results["lambda_sweep"]
     lams = [r["lam"] for r in sweep]
     ref = sweep[0]["known_report"]
-    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+    fig, ax = plt.subplots(figsize=(5.5, 4.6), dpi=120)
     ax.plot(lams, [100 * r["utility"] for r in sweep], "o-", color="tab:blue",
             label="utility (task accuracy)")
     ax.plot(lams, [100 * r["known"] for r in sweep], "s-", color="tab:red",
@@ -104,7 +104,8 @@ def plot_lambda_sweep(results: dict) -> bytes:
     ax.set_title(f"{cfg['sweep_loss']} loss, {cfg['sweep_tap']} features, "
                  f"{cfg['sweep_attribute']}", fontsize=10)
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2,
+              frameon=False)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
