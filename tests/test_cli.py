@@ -158,3 +158,27 @@ def test_help_explains_every_option(capsys):
         assert e.value.code == 0
         out = capsys.readouterr().out
         assert "--" in out or cmd == "data-info"
+
+
+def test_import_public_checkpoint_then_attack(tmp_path, capsys):
+    import torch
+
+    from privatenet.models import create_model
+    from privatenet.models.arm import public_state_dict
+
+    torch.manual_seed(0)
+    net = create_model("arm_resnet18", num_classes=7, image_size=96)
+    torch.save({"model_state_dict": public_state_dict(net)}, tmp_path / "public.pth")
+    data = ["--data", "synthfaces:n=120,size=96,seed=1"]
+    assert main(["import-checkpoint", str(tmp_path / "public.pth"), *data, "--device", "cpu",
+                 "--out", str(tmp_path / "imp")]) == 0
+    assert "affinity running" in capsys.readouterr().out
+    assert main(["attack", "--run", str(tmp_path / "imp"), "--tap", "arm", "--private", "age",
+                 *FAST, "--out", str(tmp_path / "atk")]) == 0
+    res = json.loads((tmp_path / "atk" / "results.json").read_text())
+    assert res["head"] == "fc" and res["tap"] == "arm"
+    # a checkpoint of another architecture is refused with one line
+    torch.save({"model_state_dict": create_model("resnet18", num_classes=7).state_dict()},
+               tmp_path / "other.pth")
+    _fails(capsys, ["import-checkpoint", str(tmp_path / "other.pth"), *data,
+                    "--out", str(tmp_path / "imp2")], "other.pth")

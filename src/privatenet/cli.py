@@ -21,11 +21,11 @@ log = logging.getLogger("privatenet")
 
 def _data_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--data", default="synthfaces" if not required else None,
-                   required=required,
+    g.add_argument("--data", default=None, required=required,
                    help="dataset spec: rafdb:PATH (RAF-DB 'basic' root), manifest:FILE.csv "
                         "(header path,split,<label columns>) or synthfaces[:n=5000,size=64,"
-                        "seed=0] (built-in generated faces)")
+                        "seed=0] (built-in generated faces)"
+                        + ("" if required else "; default: the data of the attacked run"))
     g.add_argument("--image-size", type=int, default=None,
                    help="decode every image once to SxS pixels (default: the data set's "
                         "native size; the paper uses 224)")
@@ -169,6 +169,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="auto (default), cpu or cuda[:N]")
     p.add_argument("--seed", type=int, default=None, help="seed (default 0)")
 
+    p = sub.add_parser("import-checkpoint",
+                       help="make a public ARM ResNet-18 checkpoint usable by attack/train",
+                       description="Load a public ARM checkpoint ({'model_state_dict': ...}) "
+                                   "strictly, calibrate its running affinity mean on the "
+                                   "training split (so inference no longer depends on the "
+                                   "batch), evaluate it and save it as a run folder.")
+    p.add_argument("checkpoint", help="the public .pth file (read with weights_only=True)")
+    _data_args(p)
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="keep the public batch-dependent affinity (not recommended)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--out", required=True, help="run folder to create")
+
     p = sub.add_parser("data-info", help="sizes and label distributions of a dataset",
                        description="Print split sizes, class counts per label column and the "
                                    "majority-class rate (the accuracy of always answering the "
@@ -288,19 +301,33 @@ def cmd_train(args) -> int:
 
 def cmd_attack(args) -> int:
     from privatenet.data import load_dataset
-    from privatenet.jobs import attack_job, load_model
+    from privatenet.jobs import attack_job, model_meta
 
-    data_spec = args.data
-    _, meta = load_model(args.run)
-    if data_spec is None or args.image_size is None:
-        data_spec = data_spec or meta["data"]
-        args.image_size = args.image_size or meta.get("image_size")
-    data = load_dataset(data_spec, image_size=args.image_size, cache_dir=args.cache_dir)
+    meta = model_meta(args.run)
+    data = load_dataset(args.data or meta["data"],
+                        image_size=args.image_size or meta.get("image_size"),
+                        cache_dir=args.cache_dir)
     res = attack_job(data=data, model_run=args.run, tap=args.tap, attribute=args.private,
                      head=args.head, config=_train_config(args), out=args.out,
                      resume=args.resume, callbacks=_Progress("attack").callbacks)
     print(_fmt_leakage(f"adversary {res['head']} on tap {args.tap!r} predicting "
                        f"{args.private!r} (test split):", res))
+    print(f"run folder: {args.out}")
+    return 0
+
+
+def cmd_import_checkpoint(args) -> int:
+    from privatenet.data import load_dataset
+    from privatenet.engine import TrainConfig
+    from privatenet.jobs import import_public_job
+
+    data = load_dataset(args.data, image_size=args.image_size, cache_dir=args.cache_dir)
+    res = import_public_job(checkpoint=args.checkpoint, data=data, out=args.out,
+                            config=TrainConfig(device=args.device),
+                            calibrate=not args.no_calibrate)
+    u = res["utility"]
+    print(f"emotion on the test split: accuracy {u['accuracy']:.4f}, balanced accuracy "
+          f"{u['balanced_accuracy']:.4f} (affinity {res['affinity']})")
     print(f"run folder: {args.out}")
     return 0
 
@@ -372,7 +399,8 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "attack": cmd_attack, "reproduce": cmd_reproduce,
-            "demo": cmd_demo, "data-info": cmd_data_info}
+            "demo": cmd_demo, "import-checkpoint": cmd_import_checkpoint,
+            "data-info": cmd_data_info}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,14 +78,23 @@ def _start(out: Path, resume: bool, settings: dict) -> dict | None:
     return None
 
 
-def load_model(run: str | Path, *, expect: str | None = None) -> tuple[torch.nn.Module, dict]:
-    """The trained network of a ``train`` job folder (or a ``model`` checkpoint stem)."""
+def _model_stem(run: str | Path) -> Path:
     run = Path(run)
     stem = run / "model" if run.is_dir() else run
     if not stem.with_suffix(".json").exists():
         raise PrivatenetError(f"{run}: no trained model here (expected {stem}.json); pass the "
                               "folder of a finished 'privatenet train' run")
-    return load_module(stem, expect=expect)
+    return stem
+
+
+def load_model(run: str | Path, *, expect: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """The trained network of a ``train`` job folder (or a ``model`` checkpoint stem)."""
+    return load_module(_model_stem(run), expect=expect)
+
+
+def model_meta(run: str | Path) -> dict:
+    """The plain values saved with the network of a ``train`` folder (data, classes, size)."""
+    return read_json(_model_stem(run).with_suffix(".json"))
 
 
 def load_adversary(run: str | Path) -> tuple[torch.nn.Module, dict]:
@@ -225,5 +234,41 @@ def attack_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str
     save_module(out / "adversary", adversary.cpu(), {
         "role": "adversary", "tap": tap, "attribute": attribute,
         "classes": data.classes[attribute], "model_run": str(model_run)})
+    write_json(out / "results.json", results)
+    return results
+
+
+def import_public_job(*, checkpoint: str | Path, data: Dataset, out: str | Path,
+                      config: TrainConfig, calibrate: bool = True) -> dict:
+    """Turn a public ARM ResNet-18 checkpoint into a ``train``-style folder (``model.*``,
+    ``results.json``) that ``attack`` and ``--init-from`` accept.
+
+    The public checkpoints lack our running affinity mean: with ``calibrate`` it is estimated
+    on the training split, so inference is batch-independent; without, the network keeps the
+    public batch-dependent behaviour (a warning is logged).
+    """
+    from privatenet.data.rafdb import EMOTIONS
+    from privatenet.data.transforms import normalize
+    from privatenet.models.arm import load_public_arm_checkpoint
+
+    out = Path(out)
+    check_classes(EMOTIONS, data, "emotion", checkpoint)
+    train, test = data.split("train", ["emotion"]), data.split("test", ["emotion"])
+    settings = {"job": "import", "checkpoint": str(checkpoint), "data": data.name,
+                "calibrate": calibrate}
+    done = _start(out, False, settings)
+    if done is not None:
+        return done
+    device = resolve_device(config.device)
+    bs = config.eval_batch_size
+    batches = (normalize(train.images[i:i + bs].to(device)) for i in range(0, len(train), bs))
+    net = load_public_arm_checkpoint(checkpoint, num_classes=len(EMOTIONS),
+                                     image_size=image_size_of(data),
+                                     calibration=batches if calibrate else None)
+    results = {"utility": evaluate_task(net, test, "emotion", len(EMOTIONS), config),
+               "source": str(checkpoint), "affinity": net.arm.affinity}
+    save_module(out / "model", net.cpu(), {
+        "role": "model", "data": data.name, "target": "emotion", "classes": list(EMOTIONS),
+        "image_size": image_size_of(data)})
     write_json(out / "results.json", results)
     return results
