@@ -88,7 +88,8 @@ class ProtocolConfig:
 
 #: Named settings. ``paper`` is the paper's (arm_resnet18, 224x224, Adam 1e-3, 200 epochs,
 #: RAF-DB, gender and age, taps backbone and arm; batch 256 and the rest of the recipe from the
-#: public ARM scripts); ``quick`` the same network and protocol with 20 epochs; ``demo`` the CPU demo on synthfaces; ``smoke`` a seconds-long check of the plumbing.
+#: public ARM scripts); ``quick`` the same network and protocol with 20 epochs; ``demo`` the CPU
+#: demo on synthfaces; ``smoke`` a seconds-long check of the plumbing.
 PRESETS: dict[str, dict] = {
     "paper": {"model": "arm_resnet18", "image_size": 224, "epochs": 200,
               "adversary_epochs": 200, "privacy_epochs": 200, "batch_size": 256,
