@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,17 +66,17 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.epochs >= 1, "epochs", "an integer >= 1"),
-            (self.batch_size >= 2, "batch size", "an integer >= 2"),
-            (self.lr > 0, "learning rate", "a positive number"),
-            (self.weight_decay >= 0, "weight decay", "a number >= 0"),
-            (0 < self.lr_decay <= 1, "lr decay", "a number in (0, 1]"),
-            (self.eval_batch_size >= 1, "eval batch size", "an integer >= 1"),
+            ("epochs", self.epochs >= 1, "an integer >= 1"),
+            ("batch_size", self.batch_size >= 2, "an integer >= 2"),
+            ("lr", self.lr > 0, "a positive number"),
+            ("weight_decay", self.weight_decay >= 0, "a number >= 0"),
+            ("lr_decay", 0 < self.lr_decay <= 1, "a number in (0, 1]"),
+            ("eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1"),
         ]
-        for ok, what, need in checks:
+        for name, ok, need in checks:
             if not ok:
-                raise PrivatenetError(f"{what} {getattr(self, what.replace(' ', '_'), '')!r} "
-                                      f"is invalid; give {need}")
+                raise PrivatenetError(f"{name.replace('_', ' ')} {getattr(self, name)!r} is "
+                                      f"invalid; give {need}")
         resolve_device(self.device)
 
 
@@ -113,7 +113,6 @@ class Callbacks:
 
     on_step: Callable[[int, int], None] | None = None  # (step in epoch, steps per epoch)
     on_epoch: Callable[[dict], None] | None = None  # called with the epoch's metrics record
-    extra: dict = field(default_factory=dict)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -166,7 +166,7 @@ def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config
             raise PrivatenetError(f"{init_from} holds a network with other settings "
                                   f"({init.config}); it cannot initialise {net.config}")
         net.load_state_dict(init.state_dict())
-    known = None
+    known = spec = None
     if privacy is not None:
         known, adv_meta = load_adversary(privacy["adversary"])
         check_classes(adv_meta["classes"], data, privacy["private"], privacy["adversary"])
@@ -180,7 +180,7 @@ def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config
                        lam=float(privacy["lam"]), adversary=known,
                        update=privacy.get("update", "fixed"))
     history = fit(model=net, train=train, target=target, config=config,
-                  privacy=spec if privacy else None, run_dir=out / "train", resume=resume,
+                  privacy=spec, run_dir=out / "train", resume=resume,
                   callbacks=callbacks)
     results = {"utility": evaluate_task(net, test, target, num_classes, config),
                "history": history}
