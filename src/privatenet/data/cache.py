@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from privatenet.data.base import Split
 from privatenet.errors import PrivatenetError
 
 __all__ = ["decode_images", "cache_key"]
@@ -249,3 +250,30 @@ def _save_cache(cache_file: Path, images: torch.Tensor) -> None:
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+def decode_splits(*, paths: list[Path], split_of: list[str], labels: dict[str, list[int]],
+                  ids: list[str], image_size: int | None, cache_dir: str | Path | None = None
+                  ) -> dict[str, Split]:
+    """Decode the images of every row and group rows, labels and ids into splits.
+
+    Rows are decoded in split order, so each split is a contiguous slice of one tensor: no
+    second copy of the images, and one cache file for the whole data set.
+    """
+    order: dict[str, list[int]] = {}
+    for i, split in enumerate(split_of):
+        order.setdefault(split, []).append(i)
+    flat = [i for idx in order.values() for i in idx]
+    images = decode_images([paths[i] for i in flat], image_size=image_size, cache_dir=cache_dir)
+    splits: dict[str, Split] = {}
+    start = 0
+    for split, idx in order.items():
+        stop = start + len(idx)
+        splits[split] = Split(
+            images=images[start:stop],
+            labels={c: torch.tensor([v[i] for i in idx], dtype=torch.long)
+                    for c, v in labels.items()},
+            ids=[ids[i] for i in idx],
+        )
+        start = stop
+    return splits

@@ -21,10 +21,8 @@ import logging
 import re
 from pathlib import Path
 
-import torch
-
-from privatenet.data.base import MISSING, Dataset, Split
-from privatenet.data.cache import check_cache_dir, check_image_size, decode_images
+from privatenet.data.base import MISSING, Dataset
+from privatenet.data.cache import check_cache_dir, check_image_size, decode_splits
 from privatenet.errors import PrivatenetError
 
 __all__ = ["load_manifest", "SPLITS"]
@@ -101,25 +99,8 @@ def load_manifest(
     for c in label_columns:
         classes[c], labels[c] = _encode_column(c, cells[c], linenos, csv_path)
 
-    # Decode in split order so each split is a contiguous slice of one tensor (no second copy
-    # of the images, one cache file for the whole manifest).
-    order: dict[str, list[int]] = {}
-    for i, split in enumerate(split_of):
-        order.setdefault(split, []).append(i)
-    flat = [i for split in order for i in order[split]]
-    images = decode_images([paths[i] for i in flat], image_size=image_size, cache_dir=cache_dir)
-
-    splits: dict[str, Split] = {}
-    start = 0
-    for split, idx in order.items():
-        stop = start + len(idx)
-        splits[split] = Split(
-            images=images[start:stop],
-            labels={c: torch.tensor([labels[c][i] for i in idx], dtype=torch.long)
-                    for c in label_columns},
-            ids=[ids[i] for i in idx],
-        )
-        start = stop
+    splits = decode_splits(paths=paths, split_of=split_of, labels=labels, ids=ids,
+                           image_size=image_size, cache_dir=cache_dir)
     log.info(
         "manifest %s: %s; columns %s", csv_path,
         ", ".join(f"{k} {len(v)}" for k, v in splits.items()),

@@ -22,10 +22,8 @@ import logging
 import re
 from pathlib import Path
 
-import torch
-
-from privatenet.data.base import MISSING, Dataset, Split
-from privatenet.data.cache import check_cache_dir, check_image_size, decode_images
+from privatenet.data.base import MISSING, Dataset
+from privatenet.data.cache import check_cache_dir, check_image_size, decode_splits
 from privatenet.errors import PrivatenetError
 
 __all__ = ["load_rafdb", "EMOTIONS", "GENDERS", "AGE_GROUPS", "RACES"]
@@ -98,26 +96,9 @@ def load_rafdb(
         classes[column] = list({"gender": GENDERS, "age": AGE_GROUPS, "race": RACES}[column])
         labels[column] = values
 
-    # Decode in split order (all train rows, then all test rows) so that each split is a
-    # contiguous slice of one tensor: no second copy of the images, and one cache file.
     split_of = [_split_of(name, label_file, lineno) for name, _, lineno in rows]
-    order: dict[str, list[int]] = {}
-    for i, split in enumerate(split_of):
-        order.setdefault(split, []).append(i)
-    flat = [i for split in order for i in order[split]]
-    images = decode_images([paths[i] for i in flat], image_size=image_size, cache_dir=cache_dir)
-
-    splits: dict[str, Split] = {}
-    start = 0
-    for split, idx in order.items():
-        stop = start + len(idx)
-        splits[split] = Split(
-            images=images[start:stop],
-            labels={c: torch.tensor([v[i] for i in idx], dtype=torch.long)
-                    for c, v in labels.items()},
-            ids=[names[i] for i in idx],
-        )
-        start = stop
+    splits = decode_splits(paths=paths, split_of=split_of, labels=labels, ids=names,
+                           image_size=image_size, cache_dir=cache_dir)
     log.info(
         "RAF-DB %s: %s; columns %s", root,
         ", ".join(f"{k} {len(v)}" for k, v in splits.items()), ", ".join(classes),
