@@ -152,20 +152,11 @@ def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config
                 "target": target, "train": asdict(config),
                 "init_from": str(init_from) if init_from else None,
                 "privacy": {k: str(v) for k, v in privacy.items()} if privacy else None}
-    done = _start(out, resume, settings)
-    if done is not None:
-        return done
-    seed_everything(config.seed)
-    num_classes = len(data.classes[target])
-    net = build_model(model, num_classes=num_classes, image_size=image_size_of(data),
-                      **model_kwargs)
+    # Check every input before anything is written.
+    init = None
     if init_from is not None:
         init, init_meta = load_model(init_from, expect=model)
         check_classes(init_meta["classes"], data, target, init_from)
-        if init.config != net.config:
-            raise PrivatenetError(f"{init_from} holds a network with other settings "
-                                  f"({init.config}); it cannot initialise {net.config}")
-        net.load_state_dict(init.state_dict())
     known = spec = None
     if privacy is not None:
         known, adv_meta = load_adversary(privacy["adversary"])
@@ -179,6 +170,18 @@ def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config
         spec = Privacy(loss=privacy["loss"], tap=privacy["tap"], attribute=privacy["private"],
                        lam=float(privacy["lam"]), adversary=known,
                        update=privacy.get("update", "fixed"))
+    done = _start(out, resume, settings)
+    if done is not None:
+        return done
+    seed_everything(config.seed)
+    num_classes = len(data.classes[target])
+    net = build_model(model, num_classes=num_classes, image_size=image_size_of(data),
+                      **model_kwargs)
+    if init is not None:
+        if init.config != net.config:
+            raise PrivatenetError(f"{init_from} holds a network with other settings "
+                                  f"({init.config}); it cannot initialise {net.config}")
+        net.load_state_dict(init.state_dict())
     history = fit(model=net, train=train, target=target, config=config,
                   privacy=spec, run_dir=out / "train", resume=resume,
                   callbacks=callbacks)
