@@ -245,7 +245,7 @@ def reproduce(*, config: ProtocolConfig, out: str | Path,
         (f"{r['loss']}/{r['tap']}/{r['attribute']}", Path(r["network"])) for r in table2]
     latency = []
     for name, folder in networks:
-        key = {"network": str(folder), "device": config.device,
+        key = {"network": folder.name, "device": config.device,
                "repeats": config.latency_repeats}
         res, _, _ = stages.run("latency-" + name.replace("/", "-"), key,
                                lambda d, f=folder: _latency_stage(d, f, size, config))
