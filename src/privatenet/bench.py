@@ -8,7 +8,7 @@ import time
 import torch
 from torch import nn
 
-from privatenet.engine import _autocast
+from privatenet.engine import autocast_for
 
 
 @torch.no_grad()
@@ -28,7 +28,7 @@ def latency_ms(model: nn.Module, *, image_size: int, device: str | torch.device 
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()
-            with _autocast(device):
+            with autocast_for(device):
                 model(x)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)

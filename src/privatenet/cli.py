@@ -233,17 +233,17 @@ class _Progress:
     """A tqdm bar per epoch, fed by the engine's callbacks."""
 
     def __init__(self, label: str) -> None:
+        from tqdm import tqdm
+
         from privatenet.engine import Callbacks
 
-        self.label, self.bar, self.epoch = label, None, 0
+        self.tqdm, self.label, self.bar, self.epoch = tqdm, label, None, 0
         self.callbacks = Callbacks(on_step=self.step, on_epoch=self.end)
 
     def step(self, done: int, total: int) -> None:
-        from tqdm import tqdm
-
         if self.bar is None:
             self.epoch += 1
-            self.bar = tqdm(total=total, desc=f"{self.label} epoch {self.epoch}", leave=False,
+            self.bar = self.tqdm(total=total, desc=f"{self.label} epoch {self.epoch}", leave=False,
                             file=sys.stderr, dynamic_ncols=True,
                             disable=not sys.stderr.isatty())
         self.bar.update(done - self.bar.n)
@@ -360,19 +360,23 @@ def _split_list(value: str | None, cast=str) -> list | None:
             f"cannot read the list {value!r}; give comma-separated values") from None
 
 
-def _run_protocol(config, out: str) -> dict:
+def _run_protocol(config, out: str) -> int:
+    """Run ``reproduce`` with stage lines and progress bars, then print the tables."""
     from privatenet.protocol import reproduce
+    from privatenet.report import tables_markdown
 
     def on_stage(name: str, cached: bool) -> None:
         print(f"[{'cached' if cached else 'run'}] {name}", file=sys.stderr, flush=True)
 
-    return reproduce(config=config, out=out, on_stage=on_stage,
-                     callbacks=lambda name: _Progress(name).callbacks)
+    results = reproduce(config=config, out=out, on_stage=on_stage,
+                        callbacks=lambda name: _Progress(name).callbacks)
+    print(tables_markdown(results))
+    print(f"report: {Path(out) / 'report.md'}")
+    return 0
 
 
 def cmd_reproduce(args) -> int:
     from privatenet.protocol import resolve_config
-    from privatenet.report import tables_markdown
 
     overrides = {
         "data": args.data, "image_size": args.image_size, "cache_dir": args.cache_dir,
@@ -381,21 +385,14 @@ def cmd_reproduce(args) -> int:
         "lambdas": _split_list(args.lambdas, float), "init": args.init, "epochs": args.epochs,
         "adversary_epochs": args.adversary_epochs, "privacy_epochs": args.privacy_epochs,
         "batch_size": args.batch_size, "seed": args.seed, "device": args.device}
-    results = _run_protocol(resolve_config(args.preset, overrides), args.out)
-    print(tables_markdown(results))
-    print(f"report: {Path(args.out) / 'report.md'}")
-    return 0
+    return _run_protocol(resolve_config(args.preset, overrides), args.out)
 
 
 def cmd_demo(args) -> int:
     from privatenet.protocol import resolve_config
-    from privatenet.report import tables_markdown
 
-    config = resolve_config("demo", {"device": args.device, "seed": args.seed})
-    results = _run_protocol(config, args.out)
-    print(tables_markdown(results))
-    print(f"report: {Path(args.out) / 'report.md'}")
-    return 0
+    return _run_protocol(resolve_config("demo", {"device": args.device, "seed": args.seed}),
+                         args.out)
 
 
 COMMANDS = {"train": cmd_train, "attack": cmd_attack, "reproduce": cmd_reproduce,

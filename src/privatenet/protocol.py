@@ -20,7 +20,7 @@ from pathlib import Path
 
 from privatenet.bench import latency_ms
 from privatenet.data import load_dataset
-from privatenet.engine import Callbacks, TrainConfig
+from privatenet.engine import Callbacks, TrainConfig, resolve_device
 from privatenet.errors import PrivatenetError
 from privatenet.jobs import attack_job, build_model, image_size_of, load_model, train_job
 from privatenet.losses import PRIVACY_LOSSES
@@ -267,8 +267,6 @@ def reproduce(*, config: ProtocolConfig, out: str | Path,
 
 
 def _latency_stage(folder: Path, network: Path, size: int, config: ProtocolConfig) -> dict:
-    from privatenet.engine import resolve_device
-
     model, _ = load_model(network)
     res = latency_ms(model, image_size=size, device=resolve_device(config.device),
                      repeats=config.latency_repeats)
