@@ -164,7 +164,7 @@ def test_import_public_checkpoint_then_attack(tmp_path, capsys):
     import torch
 
     from privatenet.models import create_model
-    from privatenet.models.arm import public_state_dict
+    from privatenet.models.public import public_state_dict
 
     torch.manual_seed(0)
     net = create_model("arm_resnet18", num_classes=7, image_size=96)

@@ -1,10 +1,11 @@
 import pytest
 import torch
 
-from privatenet.engine import Callbacks, Privacy, TrainConfig, extract, fit, fit_adversary
 from privatenet.errors import PrivatenetError
 from privatenet.models import create_adversary, create_model
 from privatenet.models.taps import tap_shapes
+from privatenet.train.config import TrainConfig
+from privatenet.train.loop import Callbacks, Privacy, extract, fit, fit_adversary
 
 CFG = dict(epochs=3, batch_size=16, lr=1e-3, seed=7, device="cpu")
 

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
+from privatenet.app.protocol import reproduce, resolve_config
 from privatenet.errors import PrivatenetError
-from privatenet.protocol import reproduce, resolve_config
 
 REPORT = {"accuracy", "balanced_accuracy", "majority", "chance", "normalized_leakage", "ci95"}
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from privatenet.errors import PrivatenetError
-from privatenet.runs import (
+from privatenet.train.checkpoint import (
     atomic_write_text,
     load_checkpoint,
     load_optimizer_state,

@@ -65,9 +65,9 @@ def _out_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    from privatenet.engine import ADVERSARY_UPDATES
     from privatenet.losses import PRIVACY_LOSSES
     from privatenet.models import ADVERSARY_KINDS, list_models
+    from privatenet.train.loop import ADVERSARY_UPDATES
 
     parser = argparse.ArgumentParser(
         prog="privatenet",
@@ -222,7 +222,7 @@ def _load_config_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> N
 
 
 def _train_config(args):
-    from privatenet.engine import TrainConfig
+    from privatenet.train.config import TrainConfig
 
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        weight_decay=args.weight_decay, lr_decay=args.lr_decay, seed=args.seed,
@@ -235,7 +235,7 @@ class _Progress:
     def __init__(self, label: str) -> None:
         from tqdm import tqdm
 
-        from privatenet.engine import Callbacks
+        from privatenet.train.loop import Callbacks
 
         self.tqdm, self.label, self.bar, self.epoch = tqdm, label, None, 0
         self.callbacks = Callbacks(on_step=self.step, on_epoch=self.end)
@@ -273,8 +273,8 @@ def _fmt_leakage(title: str, r: dict) -> str:
 # ---------------------------------------------------------------- commands
 
 def cmd_train(args) -> int:
+    from privatenet.app.jobs import train_job
     from privatenet.data import load_dataset
-    from privatenet.jobs import train_job
 
     privacy = None
     given = {k: getattr(args, k) for k in ("loss", "tap", "private", "adversary")}
@@ -300,8 +300,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_attack(args) -> int:
+    from privatenet.app.jobs import attack_job, model_meta
     from privatenet.data import load_dataset
-    from privatenet.jobs import attack_job, model_meta
 
     meta = model_meta(args.run)
     data = load_dataset(args.data or meta["data"],
@@ -317,9 +317,9 @@ def cmd_attack(args) -> int:
 
 
 def cmd_import_checkpoint(args) -> int:
+    from privatenet.app.jobs import import_public_job
     from privatenet.data import load_dataset
-    from privatenet.engine import TrainConfig
-    from privatenet.jobs import import_public_job
+    from privatenet.train.config import TrainConfig
 
     data = load_dataset(args.data, image_size=args.image_size, cache_dir=args.cache_dir)
     res = import_public_job(checkpoint=args.checkpoint, data=data, out=args.out,
@@ -362,8 +362,8 @@ def _split_list(value: str | None, cast=str) -> list | None:
 
 def _run_protocol(config, out: str) -> int:
     """Run ``reproduce`` with stage lines and progress bars, then print the tables."""
-    from privatenet.protocol import reproduce
-    from privatenet.report import tables_markdown
+    from privatenet.app.protocol import reproduce
+    from privatenet.app.report import tables_markdown
 
     def on_stage(name: str, cached: bool) -> None:
         print(f"[{'cached' if cached else 'run'}] {name}", file=sys.stderr, flush=True)
@@ -376,7 +376,7 @@ def _run_protocol(config, out: str) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from privatenet.protocol import resolve_config
+    from privatenet.app.protocol import resolve_config
 
     overrides = {
         "data": args.data, "image_size": args.image_size, "cache_dir": args.cache_dir,
@@ -389,7 +389,7 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from privatenet.protocol import resolve_config
+    from privatenet.app.protocol import resolve_config
 
     return _run_protocol(resolve_config("demo", {"device": args.device, "seed": args.seed}),
                          args.out)

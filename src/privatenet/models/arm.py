@@ -1,44 +1,33 @@
-"""The paper's ARM ResNet-18 (DESIGN section 3), its batch-independent variant, and ResNet-18.
+"""The paper's ARM head (docs/design.md §3) and its batch-independent affinity.
 
-Network: ResNet-18 without avgpool and fc (``features``, tap ``"backbone"``) -> PixelShuffle(16)
--> ARM block (one shared 1->1 conv, kernel 32, stride 8, applied to both channels; BatchNorm2d(2);
+Network: a backbone with a 512-channel map (tap ``"backbone"``) -> PixelShuffle(16) -> ARM block
+(one shared 1->1 conv, kernel 32, stride 8, applied to both channels; BatchNorm2d(2);
 ``mean over channels + alpha * global_mean``) -> flatten (tap ``"arm"``) -> dropout -> ``fc``.
 
 The public code computes ``global_mean`` over the batch at inference too, so one face's output
-depends on the other faces in its batch (DESIGN section 2). :class:`ARMBlock` keeps a running
+depends on the other faces in its batch (docs/design.md §2). :class:`ARMBlock` keeps a running
 estimate of that mean (``affinity="running"``, the default), like BatchNorm's running stats, and
 uses it in eval mode; ``affinity="batch"`` reproduces the public behaviour exactly.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from torch import nn
 
 from privatenet.errors import PrivatenetError
-from privatenet.models.registry import check_num_classes, create_model, register_model
 
 __all__ = [
+    "AFFINITY_BUFFERS",
     "AFFINITY_MODES",
     "ARMBlock",
     "ARMNet",
-    "ResNet18Classifier",
     "arm_map_side",
-    "arm_resnet18",
-    "load_public_arm_checkpoint",
-    "public_state_dict",
-    "resnet18",
     "resnet_map_side",
 ]
-
-log = logging.getLogger(__name__)
 
 #: ``running``: batch mean in training (and a running estimate updated), the estimate in eval.
 #: ``batch``: the batch mean always, in training and eval (the public code).
@@ -285,188 +274,3 @@ class ARMNet(nn.Module):
             raise PrivatenetError("calibration data gave no images; pass a non-empty iterable")
         self.arm.set_affinity_mean((total / count).to(self.arm.affinity_mean.dtype), nbatches)
         return count
-
-
-# --------------------------------------------------------------------------- ResNet-18 weights
-
-# torchvision ResNet-18 children -> index in ``nn.Sequential(*children[:-2])``
-_RESNET_TO_FEATURES = {"conv1": 0, "bn1": 1, "layer1": 4, "layer2": 5, "layer3": 6, "layer4": 7}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    msg = text[0] if text else ""
-    return f"{type(exc).__name__}: {msg[:200]}"
-
-
-def _read_tensor_file(path: str | os.PathLike, what: str) -> Any:
-    """Load a torch pickle (``weights_only=True``) or a safetensors file, on the CPU."""
-    p = Path(path)
-    if not p.is_file():
-        raise PrivatenetError(f"{p}: {what} not found; give the path of an existing file")
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(p), device="cpu")
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt, truncated, or not a tensors-only file
-        raise PrivatenetError(
-            f"{p}: cannot read {what} ({_first_line(exc)}); it must be a torch state dict saved "
-            "with torch.save (tensors only) or a .safetensors file"
-        ) from exc
-
-
-def _unwrap_state_dict(obj: Any, path: Path, what: str,
-                       wrappers: tuple[str, ...] = ("model_state_dict", "state_dict", "model")
-                       ) -> dict[str, torch.Tensor]:
-    if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        for key in wrappers:
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not obj:
-        raise PrivatenetError(f"{path}: not a {what} (no state dict of tensors inside)")
-    state = {}
-    for key, value in obj.items():
-        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise PrivatenetError(f"{path}: not a {what} (entry {key!r} is not a tensor)")
-        state[key.removeprefix("module.")] = value
-    return state
-
-
-def _check_strict(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
-                  path: Path, what: str, optional: tuple[str, ...] = ()) -> None:
-    """Raise naming the first missing, unexpected or mis-shaped key of ``state``."""
-    for key in expected:
-        if key not in state and key not in optional:
-            raise PrivatenetError(f"{path}: not {what}: missing key {key!r}")
-    for key in state:
-        if key not in expected:
-            raise PrivatenetError(f"{path}: not {what}: unexpected key {key!r}")
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise PrivatenetError(
-                f"{path}: not {what}: {key!r} has shape {tuple(value.shape)}, expected "
-                f"{tuple(expected[key].shape)}"
-            )
-
-
-def read_resnet18_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A torchvision ResNet-18 state dict from ``path`` (torch pickle or safetensors), fc dropped.
-
-    ``module.`` prefixes are stripped and a ``{"state_dict": ...}`` wrapper is accepted. Keys
-    other than ``conv1.*``, ``bn1.*``, ``layer1-4.*`` and ``fc.*`` raise :class:`PrivatenetError`.
-    """
-    p = Path(path)
-    what = "torchvision ResNet-18 state dict"
-    state = _unwrap_state_dict(_read_tensor_file(p, "backbone weights"), p, what)
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    expected = {k: v for k, v in torchvision.models.resnet18().state_dict().items()
-                if not k.startswith("fc.")}
-    _check_strict(expected, state, p, f"a {what} (keys conv1.*, bn1.*, layer1-4.*, fc.*)")
-    return state
-
-
-def load_backbone_into_features(features: nn.Module, path: str | os.PathLike) -> None:
-    """Load torchvision ResNet-18 weights into ``nn.Sequential(*resnet18().children())[:-2]``."""
-    state = {}
-    for key, value in read_resnet18_weights(path).items():
-        head, _, rest = key.partition(".")
-        state[f"{_RESNET_TO_FEATURES[head]}.{rest}"] = value
-    features.load_state_dict(state, strict=True)
-
-
-# --------------------------------------------------------------------------- registry entries
-
-
-@register_model(tags=("arm",))
-def arm_resnet18(num_classes: int, image_size: int = 224, affinity: str = "running",
-                 drop_rate: float = 0.0, backbone_weights: str | None = None) -> ARMNet:
-    """The paper's network (DESIGN section 3): ResNet-18 features + PixelShuffle(16) + ARM + fc.
-
-    At 224x224: backbone 512x7x7, ARM map 11x11 (121 features), 11,178,395 parameters with 7
-    classes. ``backbone_weights``: optional path to torchvision ResNet-18 weights (for instance
-    ImageNet or MS-Celeb) loaded into ``features``; nothing is downloaded.
-    """
-    check_num_classes(num_classes, "arm_resnet18")
-    side = check_image_size("arm_resnet18", image_size, resnet_map_side)
-    check_affinity(affinity)
-    drop_rate = check_drop_rate("arm_resnet18", drop_rate)
-    features = nn.Sequential(*list(torchvision.models.resnet18().children())[:-2])
-    if backbone_weights is not None:
-        load_backbone_into_features(features, backbone_weights)
-    return ARMNet(features, backbone_side=side, num_classes=num_classes, affinity=affinity,
-                  drop_rate=drop_rate)
-
-
-class ResNet18Classifier(torchvision.models.ResNet):
-    """torchvision ResNet-18 (same state-dict keys) with taps ``backbone`` and ``pool``."""
-
-    taps = ("backbone", "pool")
-
-    def __init__(self, num_classes: int):
-        super().__init__(torchvision.models.resnet.BasicBlock, [2, 2, 2, 2],
-                         num_classes=num_classes)
-
-    def forward_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        backbone = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        pool = torch.flatten(self.avgpool(backbone), 1)
-        return self.fc(pool), {"backbone": backbone, "pool": pool}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_taps(x)[0]
-
-
-@register_model
-def resnet18(num_classes: int, backbone_weights: str | None = None) -> ResNet18Classifier:
-    """torchvision ResNet-18 with a new ``fc``; optional backbone weights from a path."""
-    check_num_classes(num_classes, "resnet18")
-    model = ResNet18Classifier(num_classes)
-    if backbone_weights is not None:
-        # read_resnet18_weights checked every key but fc.*, which stays newly initialised
-        model.load_state_dict(read_resnet18_weights(backbone_weights), strict=False)
-    return model
-
-
-# --------------------------------------------------------------------------- public checkpoints
-
-
-def public_state_dict(model: ARMNet) -> dict[str, torch.Tensor]:
-    """``model``'s state dict in the public layout (without our affinity buffers)."""
-    return {k: v for k, v in model.state_dict().items() if k not in AFFINITY_BUFFERS}
-
-
-def load_public_arm_checkpoint(path: str | os.PathLike, *, num_classes: int = 7,
-                               image_size: int = 224,
-                               calibration: Iterable[Any] | None = None) -> ARMNet:
-    """Load a public ARM ResNet-18 checkpoint (``{"model_state_dict": ...}``), in eval mode.
-
-    The file is read with ``torch.load(weights_only=True)`` (no arbitrary unpickling) and
-    loaded strictly; ``module.`` prefixes (DataParallel) are stripped. The public checkpoints
-    have no running affinity mean: with ``calibration`` (an iterable of normalised float image
-    batches, for instance from the training split) it is estimated and the model stays in
-    ``running`` mode; without, the model switches to ``batch`` mode (the public, batch-dependent
-    behaviour) and a warning is logged. A checkpoint that has our affinity buffers keeps them.
-    """
-    p = Path(path)
-    model = create_model("arm_resnet18", num_classes=num_classes, image_size=image_size)
-    what = f"an ARM ResNet-18 checkpoint for num_classes={num_classes}, image_size={image_size}"
-    state = _unwrap_state_dict(_read_tensor_file(p, "ARM checkpoint"), p,
-                               "ARM ResNet-18 checkpoint")
-    _check_strict(model.state_dict(), state, p, what, optional=AFFINITY_BUFFERS)
-    has_buffers = all(k in state for k in AFFINITY_BUFFERS)
-    model.load_state_dict(state, strict=False)
-    model.eval()
-    if calibration is not None:
-        n = model.calibrate_affinity(calibration)
-        log.info("%s: affinity mean calibrated on %d images", p, n)
-    elif not (has_buffers and model.arm.calibrated):
-        model.arm.affinity = "batch"
-        log.warning(
-            "%s: public checkpoint has no running affinity mean; using affinity='batch', so "
-            "inference depends on the other images in the batch until the model is calibrated "
-            "(pass calibration=... or call model.calibrate_affinity(batches))", p,
-        )
-    return model

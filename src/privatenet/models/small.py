@@ -1,15 +1,12 @@
 """Small fast CNNs for CPU demos and tests: ``arm_small`` (the ARM head on a tiny backbone) and
-``small_cnn`` (a plain CNN)."""
+``small_cnn`` (a plain CNN); their registry entries are in :mod:`privatenet.models.zoo`."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from privatenet.models.arm import ARMNet, check_affinity, check_drop_rate, check_image_size
-from privatenet.models.registry import check_num_classes, register_model
-
-__all__ = ["SmallCNN", "arm_small", "small_arm_backbone", "small_cnn", "small_map_side"]
+__all__ = ["SmallCNN", "small_arm_backbone", "small_map_side"]
 
 
 def conv_bn_relu(cin: int, cout: int, *, kernel: int = 3, stride: int = 1,
@@ -46,18 +43,6 @@ def small_arm_backbone() -> nn.Sequential:
     )
 
 
-@register_model(tags=("arm",))
-def arm_small(num_classes: int, image_size: int = 64, affinity: str = "running",
-              drop_rate: float = 0.0) -> ARMNet:
-    """The paper's ARM head on a small CNN: 64x64 -> 512x4x4 backbone -> 5x5 ARM map (25)."""
-    check_num_classes(num_classes, "arm_small")
-    side = check_image_size("arm_small", image_size, small_map_side)
-    check_affinity(affinity)
-    drop_rate = check_drop_rate("arm_small", drop_rate)
-    return ARMNet(small_arm_backbone(), backbone_side=side, num_classes=num_classes,
-                  affinity=affinity, drop_rate=drop_rate)
-
-
 class SmallCNN(nn.Module):
     """Three stride-2 conv-BN-ReLU blocks (16, 32, 64 channels), global average pool, fc.
 
@@ -82,10 +67,3 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_taps(x)[0]
-
-
-@register_model
-def small_cnn(num_classes: int) -> SmallCNN:
-    """A tiny plain CNN for tests (any input size >= 1)."""
-    check_num_classes(num_classes, "small_cnn")
-    return SmallCNN(num_classes)

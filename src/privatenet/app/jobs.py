@@ -15,21 +15,19 @@ from pathlib import Path
 import torch
 
 from privatenet.data.base import Dataset, Split
-from privatenet.engine import (
+from privatenet.errors import PrivatenetError
+from privatenet.metrics import leakage_report
+from privatenet.models import create_adversary, create_model, default_adversary, model_options
+from privatenet.train.checkpoint import load_module, read_json, save_module, write_json, write_yaml
+from privatenet.train.config import TrainConfig, resolve_device, seed_everything
+from privatenet.train.loop import (
     Callbacks,
     Privacy,
-    TrainConfig,
     extract,
     fit,
     fit_adversary,
     predict_features,
-    resolve_device,
-    seed_everything,
 )
-from privatenet.errors import PrivatenetError
-from privatenet.metrics import leakage_report
-from privatenet.models import create_adversary, create_model, default_adversary, model_options
-from privatenet.runs import load_module, read_json, save_module, write_json, write_yaml
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +250,7 @@ def import_public_job(*, checkpoint: str | Path, data: Dataset, out: str | Path,
     """
     from privatenet.data.rafdb import EMOTIONS
     from privatenet.data.transforms import normalize
-    from privatenet.models.arm import load_public_arm_checkpoint
+    from privatenet.models.public import load_public_arm_checkpoint
 
     out = Path(out)
     check_classes(EMOTIONS, data, "emotion", checkpoint)

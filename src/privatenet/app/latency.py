@@ -8,7 +8,7 @@ import time
 import torch
 from torch import nn
 
-from privatenet.engine import autocast_for
+from privatenet.train.config import autocast_for
 
 
 @torch.no_grad()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from privatenet.runs import atomic_write_bytes, atomic_write_text
+from privatenet.train.checkpoint import atomic_write_bytes, atomic_write_text
 
 
 def _pct(x: float) -> str:

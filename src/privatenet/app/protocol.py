@@ -18,15 +18,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from privatenet.bench import latency_ms
+from privatenet.app.jobs import attack_job, build_model, image_size_of, load_model, train_job
+from privatenet.app.latency import latency_ms
 from privatenet.data import load_dataset
-from privatenet.engine import Callbacks, TrainConfig, resolve_device
 from privatenet.errors import PrivatenetError
-from privatenet.jobs import attack_job, build_model, image_size_of, load_model, train_job
 from privatenet.losses import PRIVACY_LOSSES
 from privatenet.metrics import robustness
 from privatenet.models import default_adversary
-from privatenet.runs import read_json, write_json, write_yaml
+from privatenet.train.checkpoint import read_json, write_json, write_yaml
+from privatenet.train.config import TrainConfig, resolve_device
+from privatenet.train.loop import Callbacks
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def reproduce(*, config: ProtocolConfig, out: str | Path,
     ``on_stage(name, cached)`` is called as each stage starts; ``callbacks(name)`` gives the
     engine callbacks (progress bars) for a stage.
     """
-    from privatenet.report import write_report
+    from privatenet.app.report import write_report
 
     out = Path(out)
     cb = callbacks or (lambda name: None)

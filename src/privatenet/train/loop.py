@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -30,7 +29,7 @@ from privatenet.data.base import Split
 from privatenet.data.transforms import augment, normalize
 from privatenet.errors import PrivatenetError
 from privatenet.losses import PRIVACY_LOSSES, privacy_loss, total_loss
-from privatenet.runs import (
+from privatenet.train.checkpoint import (
     checkpoint_exists,
     load_checkpoint,
     load_optimizer_state,
@@ -40,44 +39,11 @@ from privatenet.runs import (
     unprefixed,
     write_jsonl,
 )
+from privatenet.train.config import TrainConfig, autocast_for, resolve_device
 
 log = logging.getLogger(__name__)
 
 ADVERSARY_UPDATES = ("fixed", "alternating")
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings shared by every training run.
-
-    Defaults follow the public ARM training scripts: Adam (lr 1e-3, weight decay 1e-4),
-    exponential learning-rate decay 0.9 per epoch, the public augmentation recipe.
-    """
-
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    lr_decay: float = 0.9
-    seed: int = 0
-    augment: bool = True
-    device: str = "auto"
-    eval_batch_size: int = 256
-
-    def __post_init__(self) -> None:
-        checks = [
-            ("epochs", self.epochs >= 1, "an integer >= 1"),
-            ("batch_size", self.batch_size >= 2, "an integer >= 2"),
-            ("lr", self.lr > 0, "a positive number"),
-            ("weight_decay", self.weight_decay >= 0, "a number >= 0"),
-            ("lr_decay", 0 < self.lr_decay <= 1, "a number in (0, 1]"),
-            ("eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1"),
-        ]
-        for name, ok, need in checks:
-            if not ok:
-                raise PrivatenetError(f"{name.replace('_', ' ')} {getattr(self, name)!r} is "
-                                      f"invalid; give {need}")
-        resolve_device(self.device)
 
 
 @dataclass
@@ -113,31 +79,6 @@ class Callbacks:
 
     on_step: Callable[[int, int], None] | None = None  # (step in epoch, steps per epoch)
     on_epoch: Callable[[dict], None] | None = None  # called with the epoch's metrics record
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when present, else CPU; anything else must be a valid device string."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise PrivatenetError(f"device {name!r} is invalid; use auto, cpu or cuda[:N]") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PrivatenetError(f"device {name!r} requested but CUDA is not available; use cpu")
-    return dev
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (model initialisation draws from torch's global RNG)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA, a no-op elsewhere (this CPU has no native bf16: measured 0.08x)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
