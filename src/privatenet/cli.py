@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     from privatenet.losses import PRIVACY_LOSSES
     from privatenet.models import ADVERSARY_KINDS, list_models
-    from privatenet.train.loop import ADVERSARY_UPDATES
+    from privatenet.regularizer import ADVERSARY_UPDATES
 
     parser = argparse.ArgumentParser(
         prog="privatenet",

@@ -43,7 +43,7 @@ from privatenet.train.config import TrainConfig, autocast_for, resolve_device
 
 log = logging.getLogger(__name__)
 
-ADVERSARY_UPDATES = ("fixed", "alternating")
+from privatenet.regularizer import ADVERSARY_UPDATES  # noqa: E402
 
 
 @dataclass
