@@ -9,7 +9,7 @@ Prints, for arm_resnet18 at 224x224 on random tensors (no data loading):
 for (a) a faithful re-implementation of the public module (Python loop over the 2 channels with
 torch.cat, global mean over the batch) in fp32, (b) ours in fp32, (c) ours channels_last fp32,
 (d) ours under ``torch.autocast("cpu", dtype=torch.bfloat16)``, and with ``--compile`` (e) ours
-compiled with ``torch.compile``. DESIGN section 6 holds the targets; this is a script, not a test.
+compiled with ``torch.compile``. docs/design.md §6 holds the targets; this is a script, not a test.
 
     python benchmarks/bench_arm_cpu.py --threads 2 --steps 10
 """

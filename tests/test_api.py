@@ -16,3 +16,39 @@ def test_public_api_is_keyword_only_and_stable():
     assert head(taps["pool"]).shape == (2, 2)
     with pytest.raises(privatenet.PrivatenetError, match="unknown model"):
         privatenet.create_model("vgg", num_classes=3)
+
+
+def test_with_taps_on_any_module_leaves_no_hooks_and_checks_layer_paths():
+    import torchvision
+
+    net = torchvision.models.resnet18(num_classes=4)
+    tapped = privatenet.with_taps(net, {"backbone": "layer4", "mid": "layer2.1.conv2"})
+    x = torch.randn(2, 3, 64, 64)
+    torch.manual_seed(0)
+    logits, taps = tapped.forward_taps(x)
+    assert logits.shape == (2, 4) and taps["backbone"].shape == (2, 512, 2, 2)
+    assert taps["mid"].shape == (2, 128, 8, 8)
+    assert torch.equal(tapped(x), net(x))  # unchanged forward
+    assert all(not m._forward_hooks for m in net.modules())  # hooks removed again
+    assert privatenet.tap_shapes(tapped, image_size=64)["backbone"] == (512, 2, 2)
+    with pytest.raises(privatenet.PrivatenetError, match="no layer 'layer9'.*layer4"):
+        privatenet.with_taps(net, {"b": "layer9"})
+    net.unused = torch.nn.Linear(2, 2)  # a layer the forward pass never calls
+    with pytest.raises(privatenet.PrivatenetError, match="not called"):
+        privatenet.with_taps(net, {"b": "unused"}).forward_taps(x)
+
+
+def test_torchvision_models_by_name_rebuild_from_their_config():
+    from privatenet.models import model_from_config
+
+    model = privatenet.create_model("torchvision:mobilenet_v3_small", num_classes=3)
+    assert model.taps == ("backbone", "pool")
+    assert privatenet.tap_shapes(model, image_size=64) == {"backbone": (576, 2, 2),
+                                                          "pool": (576, 1, 1)}
+    again = model_from_config(model.config)
+    again.load_state_dict(model.state_dict())  # same architecture, same keys
+    custom = privatenet.create_model("torchvision:resnet18", num_classes=3,
+                                     taps={"mid": "layer3"})
+    assert custom.taps == ("mid",)
+    with pytest.raises(privatenet.PrivatenetError, match="unknown torchvision model"):
+        privatenet.create_model("torchvision:resnet19", num_classes=3)

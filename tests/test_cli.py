@@ -41,7 +41,9 @@ def trained(tmp_path_factory):
 def test_train_then_attack_prints_a_leakage_report(trained, tmp_path, capsys):
     csv, run = trained
     assert (run / "config.yaml").exists() and (run / "train" / "metrics.jsonl").exists()
-    assert json.loads((run / "results.json").read_text())["utility"]["accuracy"] >= 0
+    utility = json.loads((run / "results.json").read_text())["utility"]
+    assert 0 <= utility["accuracy"] <= 1
+    assert 0 < utility["majority"] <= 1 and 0 < utility["chance"] <= 1
     capsys.readouterr()
     assert main(["attack", "--run", str(run), "--tap", "pool", "--private", "gender", *FAST,
                  "--out", str(tmp_path / "atk")]) == 0
@@ -152,12 +154,24 @@ def test_bad_config_file(capsys, tmp_path):
 
 
 def test_help_explains_every_option(capsys):
-    for cmd in ("train", "attack", "reproduce", "demo", "data-info"):
+    import argparse
+
+    from privatenet.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions
+                    if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(commands) == {"train", "attack", "reproduce", "demo", "import-checkpoint",
+                             "data-info"}
+    for name, sub in [("privatenet", parser), *commands.items()]:
+        for action in sub._actions:
+            assert action.help and action.help.strip() and action.help != argparse.SUPPRESS, \
+                f"{name} {action.option_strings or action.dest} has no help"
+    for cmd in commands:
         with pytest.raises(SystemExit) as e:
             main([cmd, "--help"])
         assert e.value.code == 0
-        out = capsys.readouterr().out
-        assert "--" in out or cmd == "data-info"
+        assert "usage: privatenet " + cmd in capsys.readouterr().out
 
 
 def test_import_public_checkpoint_then_attack(tmp_path, capsys):

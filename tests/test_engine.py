@@ -4,8 +4,9 @@ import torch
 from privatenet.errors import PrivatenetError
 from privatenet.models import create_adversary, create_model
 from privatenet.models.taps import tap_shapes
+from privatenet.regularizer import PrivacyRegularizer
 from privatenet.train.config import TrainConfig
-from privatenet.train.loop import Callbacks, Privacy, extract, fit, fit_adversary
+from privatenet.train.loop import Callbacks, extract, fit, fit_adversary
 
 CFG = dict(epochs=3, batch_size=16, lr=1e-3, seed=7, device="cpu")
 
@@ -31,10 +32,9 @@ def test_lambda_zero_reproduces_plain_training_bit_for_bit(tiny_split):
     h_plain = fit(model=plain, train=tiny_split, target="emotion", config=TrainConfig(**CFG))
     for update in ("fixed", "alternating"):
         private = _model()
+        reg = PrivacyRegularizer(_adversary(private), loss="confusion", lam=0.0, update=update)
         h_priv = fit(model=private, train=tiny_split, target="emotion",
-                     config=TrainConfig(**CFG),
-                     privacy=Privacy(loss="confusion", tap="pool", attribute="gender", lam=0.0,
-                                     adversary=_adversary(private), update=update))
+                     config=TrainConfig(**CFG), regularizer=reg, tap="pool", private="gender")
         assert _same_state(plain, private), update
         assert [h["task_loss"] for h in h_plain] == [h["task_loss"] for h in h_priv]
 
@@ -45,8 +45,8 @@ def test_fixed_adversary_is_never_updated_and_the_callers_copy_never_changes(tin
     before = {k: v.clone() for k, v in adversary.state_dict().items()}
     for update in ("fixed", "alternating"):
         fit(model=model, train=tiny_split, target="emotion", config=TrainConfig(**CFG),
-            privacy=Privacy(loss="confusion", tap="pool", attribute="gender", lam=0.5,
-                            adversary=adversary, update=update))
+            regularizer=PrivacyRegularizer(adversary, loss="confusion", lam=0.5, update=update),
+            tap="pool", private="gender")
         assert all(torch.equal(before[k], v) for k, v in adversary.state_dict().items())
         assert all(p.grad is None for p in adversary.parameters())
 
@@ -56,17 +56,16 @@ def test_confusion_training_makes_the_known_adversary_less_sure(tiny_split):
 
     base = _model()
     adversary = _adversary(base)
-    fit_adversary(head=adversary, features=extract(base, tiny_split.images, tap="pool"),
-                  labels=tiny_split.labels["gender"],
-                  config=TrainConfig(epochs=30, batch_size=16, lr=1e-2, device="cpu"))
+    fit_adversary(adversary, extract(base, tiny_split.images, tap="pool"),
+                  tiny_split.labels["gender"], epochs=30, batch_size=16, lr=1e-2, device="cpu")
     after = {}
     for lam in (0.0, 0.9):
         model = _model()
         model.load_state_dict(base.state_dict())
         fit(model=model, train=tiny_split, target="emotion",
             config=TrainConfig(**{**CFG, "epochs": 4, "lr": 3e-3}),
-            privacy=Privacy(loss="confusion", tap="pool", attribute="gender", lam=lam,
-                            adversary=adversary))
+            regularizer=PrivacyRegularizer(adversary, loss="confusion", lam=lam), tap="pool",
+            private="gender")
         feats = extract(model, tiny_split.images, tap="pool")
         after[lam] = confusion_loss(adversary.eval()(feats)).item()
     assert after[0.9] < 0.5 * after[0.0]
@@ -88,7 +87,7 @@ def test_kill_and_resume_equals_uninterrupted_run(tiny_split, tmp_path):
     with pytest.raises(Killed):
         fit(model=part, train=tiny_split, target="emotion", config=TrainConfig(**CFG),
             run_dir=tmp_path / "part", callbacks=Callbacks(on_epoch=kill_after_first))
-    with pytest.raises(PrivatenetError, match="--resume"):
+    with pytest.raises(PrivatenetError, match="resume=True"):
         fit(model=_model(), train=tiny_split, target="emotion", config=TrainConfig(**CFG),
             run_dir=tmp_path / "part")
     resumed = _model(seed=123)  # other initial weights: everything must come from the checkpoint
@@ -119,9 +118,14 @@ def test_train_config_is_checked(bad):
 def test_privacy_settings_are_checked(tiny_split):
     model = _model()
     with pytest.raises(PrivatenetError, match="outside"):
-        Privacy(loss="confusion", tap="pool", attribute="gender", lam=1.5,
-                adversary=_adversary(model))
+        PrivacyRegularizer(_adversary(model), loss="confusion", lam=1.5)
+    with pytest.raises(PrivatenetError, match="unknown privacy loss"):
+        PrivacyRegularizer(_adversary(model), loss="mutual_information")
     with pytest.raises(PrivatenetError, match="no tap"):
         fit(model=model, train=tiny_split, target="emotion", config=TrainConfig(**CFG),
-            privacy=Privacy(loss="confusion", tap="arm", attribute="gender", lam=0.5,
-                            adversary=_adversary(model)))
+            regularizer=PrivacyRegularizer(_adversary(model)), tap="arm", private="gender")
+    with pytest.raises(PrivatenetError, match="needs private"):
+        fit(model=model, train=tiny_split, target="emotion", config=TrainConfig(**CFG),
+            regularizer=PrivacyRegularizer(_adversary(model)), tap="pool")
+    with pytest.raises(PrivatenetError, match="unknown training setting 'epoch'"):
+        fit(model=model, train=tiny_split, target="emotion", epoch=3)

@@ -54,6 +54,34 @@ def test_smoke_reproduce_on_a_grayscale_string_label_manifest(tmp_path, make_man
     assert all(s["cached"] for s in again["stages"])
     assert again["table2"] == results["table2"]
 
+    # a changed setting recomputes exactly the stages that depend on it
+    def ran(res):
+        return {s["stage"] for s in res["stages"] if not s["cached"]}
+
+    more = resolve_config("smoke", {"data": f"manifest:{csv}", "taps": ["pool"],
+                                    "device": "cpu", "lambdas": [0.0, 0.3, 1.0]})
+    assert ran(reproduce(config=more, out=out)) == {
+        "private-confusion-pool-age-lam0.3", "attack-private-confusion-pool-age-lam0.3"}
+    longer = resolve_config("smoke", {"data": f"manifest:{csv}", "taps": ["pool"],
+                                      "device": "cpu", "adversary_epochs": 2})
+    res = reproduce(config=longer, out=out)
+    every = {s["stage"] for s in res["stages"]}
+    assert every - ran(res) == {"original", "image-gender", "image-age", "latency-original"}
+
+
+def test_reproduce_refuses_a_folder_of_another_command(tmp_path, make_manifest):
+    from privatenet.cli import main
+
+    csv = make_manifest(tmp_path / "data")
+    run = tmp_path / "run"
+    assert main(["train", "--data", f"manifest:{csv}", "--model", "small_cnn", "--epochs", "1",
+                 "--device", "cpu", "--out", str(run)]) == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    config = resolve_config("smoke", {"data": f"manifest:{csv}", "device": "cpu"})
+    with pytest.raises(PrivatenetError, match="'train' run"):
+        reproduce(config=config, out=run)
+    assert before == {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
 
 def test_resolve_config_checks_values():
     with pytest.raises(PrivatenetError, match="preset"):
@@ -63,6 +91,13 @@ def test_resolve_config_checks_values():
     with pytest.raises(PrivatenetError, match="privacy loss"):
         resolve_config("smoke", {"losses": ["mine"]})
     paper = resolve_config("paper", {})
-    assert (paper.model, paper.image_size, paper.epochs, paper.lr) == ("arm_resnet18", 224,
-                                                                       200, 1e-3)
+    assert (paper.model, paper.image_size, paper.train.epochs, paper.train.lr) == (
+        "arm_resnet18", 224, 200, 1e-3)
+    assert paper.train.batch_size == 256 and paper.adversary_epochs == 200
+    with pytest.raises(PrivatenetError, match="task target"):
+        resolve_config("smoke", {"private": ["emotion"]})
+    with pytest.raises(PrivatenetError, match="seed"):
+        resolve_config("smoke", {"seed": -5})  # checked up front, not after the training
+    with pytest.raises(PrivatenetError, match="adversary_epochs"):
+        resolve_config("smoke", {"adversary_epochs": 0})
     assert paper.private == ["gender", "age"] and paper.taps is None  # all: backbone, arm

@@ -1,14 +1,51 @@
 """privatenet: classifiers whose features do not reveal private attributes, and honest
 measurements of how much they still reveal (Li & Cavallaro, ICASSP 2022).
 
-Stable public API: :func:`create_model`, :func:`create_adversary`, :func:`list_models`,
-:func:`load_dataset`.
+The method in your own training loop::
+
+    import privatenet as pn
+
+    net = pn.with_taps(torchvision_model, {"backbone": "layer4"})
+    logits, taps = net.forward_taps(x)
+    adv = pn.create_adversary("linear", tap_shape=tuple(taps["backbone"].shape[1:]),
+                              num_classes=2)
+    pn.fit_adversary(adv, features, private, epochs=10)          # the known adversary
+    reg = pn.PrivacyRegularizer(adv, loss="confusion", lam=0.5)  # Eq. 8
+    loss = reg(task_loss, taps["backbone"], private)              # -1 = unknown label
+    print(pn.leakage(pred, private, num_classes=2))
+
+See docs/design.md for the method and README.md for the command line.
 """
 
 from privatenet.data import load_dataset
 from privatenet.errors import PrivatenetError
-from privatenet.models import create_adversary, create_model, list_models
+from privatenet.losses import AdversarialLoss, ConfusionLoss, adversarial_loss, confusion_loss
+from privatenet.metrics import Leakage, leakage
+from privatenet.models import create_adversary, create_model, list_models, tap_shapes
+from privatenet.models.taps import with_taps
+from privatenet.regularizer import PrivacyRegularizer
+from privatenet.train.config import TrainConfig
+from privatenet.train.loop import extract, fit, fit_adversary
 
 __version__ = "0.1.0"
 
-__all__ = ["PrivatenetError", "create_adversary", "create_model", "list_models", "load_dataset"]
+__all__ = [
+    "AdversarialLoss",
+    "ConfusionLoss",
+    "Leakage",
+    "PrivacyRegularizer",
+    "PrivatenetError",
+    "TrainConfig",
+    "adversarial_loss",
+    "confusion_loss",
+    "create_adversary",
+    "create_model",
+    "extract",
+    "fit",
+    "fit_adversary",
+    "leakage",
+    "list_models",
+    "load_dataset",
+    "tap_shapes",
+    "with_taps",
+]

@@ -6,7 +6,9 @@ User mistakes (:class:`PrivatenetError`) print one line on stderr and exit with 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -17,7 +19,25 @@ from privatenet.errors import PrivatenetError
 log = logging.getLogger("privatenet")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one :class:`PrivatenetError` line, not a usage
+    block (subparsers are of this class too)."""
+
+    def error(self, message: str):
+        raise PrivatenetError(f"{message}; see '{self.prog} --help'")
+
+
 # ---------------------------------------------------------------- argument groups
+
+def _model_name(value: str) -> str:
+    """A registry model name or ``torchvision:NAME``, else argparse's one-line error."""
+    from privatenet.models.registry import check_model_name
+
+    try:
+        return check_model_name(value)
+    except PrivatenetError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
 
 def _data_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     g = p.add_argument_group("data")
@@ -69,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     from privatenet.models import ADVERSARY_KINDS, list_models
     from privatenet.regularizer import ADVERSARY_UPDATES
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="privatenet",
         description="Train classifiers whose features do not reveal private attributes, and "
                     "measure how much they still reveal (Li & Cavallaro, ICASSP 2022).")
@@ -77,15 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="YAML file of option values (keys as the long options with _ for "
                              "-); command-line options override it")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every epoch")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser,
+                                help="what to do; 'privatenet COMMAND --help' explains its "
+                                     "options")
 
     p = sub.add_parser("train", help="train a task network, optionally privacy-preserving",
                        description="Train a network on --target. With --loss, add the privacy "
                                    "term of Eq. 8 on --tap against a known adversary.")
     _data_args(p)
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="arm_resnet18", choices=list_models(),
-                   help="network from the registry (arm_resnet18 is the paper's)")
+    g.add_argument("--model", default="arm_resnet18", type=_model_name,
+                   help=f"network: {', '.join(list_models())} (arm_resnet18 is the paper's), or "
+                        "torchvision:NAME for any torchvision classifier")
     g.add_argument("--target", default="emotion", help="label column to learn")
     g.add_argument("--init-from", default=None,
                    help="start from the weights of this finished train folder (same "
@@ -138,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--target", default=None, help="task column (default emotion)")
     g.add_argument("--private", default=None,
                    help="comma list of private attributes (default gender,age)")
-    g.add_argument("--model", default=None, choices=list_models(),
+    g.add_argument("--model", default=None, type=_model_name,
                    help="network (default arm_resnet18, the paper's)")
     g.add_argument("--taps", default=None,
                    help="comma list of taps to attack and protect (default: all of the model's)")
@@ -193,9 +217,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------- helpers
 
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parser of each subcommand, by name."""
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """The options (not positionals, not --help) of a parser, by dest."""
+    return {a.dest: a for a in parser._actions
+            if a.option_strings and not isinstance(a, argparse._HelpAction)}
+
+
+def _config_value(action: argparse.Action, value):
+    """``value`` from a config file converted as the command line would convert it, or a
+    ``ValueError`` saying what the option expects."""
+    if action.nargs == 0:  # store_true
+        if not isinstance(value, bool):
+            raise ValueError("true or false")
+        return value
+    kind = {int: "an integer", float: "a number"}.get(action.type, "a string")
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(kind + ("" if action.type else " (quote it)"))
+    try:
+        value = action.type(str(value)) if action.type else str(value)
+    except argparse.ArgumentTypeError as e:
+        raise ValueError(f"a valid value ({e})") from None
+    except ValueError:
+        raise ValueError(kind) from None
+    if action.choices is not None and value not in action.choices:
+        raise ValueError("one of " + ", ".join(map(str, action.choices)))
+    return value
+
+
 def _load_config_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> None:
-    """Apply a ``--config`` YAML file as defaults of the chosen subcommand."""
-    pre = argparse.ArgumentParser(add_help=False)
+    """Apply a ``--config`` YAML file as defaults of every subcommand that has the option.
+
+    Each value is checked and converted like the option's command-line value; an option the
+    file supplies is no longer required on the command line.
+    """
+    pre = _Parser(prog="privatenet", add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
     if not known.config:
@@ -205,20 +266,35 @@ def _load_config_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> N
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise PrivatenetError(f"{path}: config file not found") from None
+    except OSError as e:
+        raise PrivatenetError(f"{path}: cannot read the config file ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise PrivatenetError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except yaml.YAMLError as e:
         raise PrivatenetError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(values, dict):
         raise PrivatenetError(f"{path}: must be a mapping of option: value")
-    values = {str(k).replace("-", "_"): v for k, v in values.items()}
-    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for sp in subparsers.choices.values():
-        dests = {a.dest for a in sp._actions}
-        sp.set_defaults(**{k: v for k, v in values.items() if k in dests})
-    every = {a.dest for sp in subparsers.choices.values() for a in sp._actions}
-    unknown = sorted(set(values) - every)
-    if unknown:
-        raise PrivatenetError(f"{path}: unknown option {unknown[0]!r}; use the long option "
-                              "names of the subcommand")
+    commands = {name: _options(sp) for name, sp in _subparsers(parser).items()}
+    known_keys = sorted({dest for options in commands.values() for dest in options})
+    for key, value in values.items():
+        dest = str(key).replace("-", "_")
+        if dest not in known_keys:
+            close = difflib.get_close_matches(dest, known_keys, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise PrivatenetError(f"{path}: unknown option {key!r}{hint}; the keys are the long "
+                                  f"options of the subcommands: {', '.join(known_keys)}")
+        if value is None:  # an empty value leaves the option at its default
+            continue
+        for name, options in commands.items():
+            action = options.get(dest)
+            if action is None:
+                continue
+            try:
+                action.default = _config_value(action, value)
+            except ValueError as e:
+                raise PrivatenetError(f"{path}: {key}: {value!r} is invalid for "
+                                      f"'{name} {action.option_strings[-1]}'; give {e}") from None
+            action.required = False
 
 
 def _train_config(args):
@@ -399,6 +475,52 @@ COMMANDS = {"train": cmd_train, "attack": cmd_attack, "reproduce": cmd_reproduce
             "demo": cmd_demo, "import-checkpoint": cmd_import_checkpoint,
             "data-info": cmd_data_info}
 
+_RESUME = "rerun the same command with --resume to continue"
+_RERUN = ("rerun the same command to continue (finished stages are kept and a killed stage "
+          "resumes)")
+#: What to tell a user who pressed Ctrl-C, by command.
+INTERRUPT_HINTS = {"train": _RESUME, "attack": _RESUME, "reproduce": _RERUN, "demo": _RERUN}
+
+# a parameter's value in a library message: a quoted string, or a word not ending in . or :
+_VALUE = r"""'[^']*'|"[^"]*"|[^\s,;)\]]*[^\s,;:.)\]]"""
+
+
+def to_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """Name ``parser``'s options in a library message the way the command line spells them.
+
+    Library errors name Python parameters: ``image_size=224`` becomes ``--image-size 224``,
+    ``resume=True`` becomes ``--resume`` (``resume=False``: ``no --resume``), and a bare
+    parameter name with an underscore (``batch_size``) becomes its flag. Bare names without an
+    underscore (``data``, ``seed``) are ordinary words and are left alone.
+    """
+    for dest, action in _options(parser).items():
+        flag = next((s for s in action.option_strings if s.startswith("--")), None)
+        if flag is None:
+            continue
+
+        def replace(m: re.Match, flag=flag, switch=action.nargs == 0) -> str:
+            value = m.group(1)
+            if value is None:
+                return flag if "_" in m.group(0) else m.group(0)
+            if switch:
+                return flag if value == "True" else f"no {flag}"
+            return f"{flag} {value}"
+
+        message = re.sub(rf"(?<![\w./\\-]){re.escape(dest)}(?:=({_VALUE}))?"
+                         r"(?![\w/\\-])(?!\.\w)", replace, message)
+    return message
+
+
+def _os_message(e: OSError) -> str:
+    """``path: reason`` of an operating-system error."""
+    reason = e.strerror or str(e)
+    return f"{e.filename}: {reason}" if e.filename is not None else reason
+
+
+def _fail(message: str) -> int:
+    print(f"privatenet: error: {message}", file=sys.stderr)
+    return 2
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``privatenet`` command."""
@@ -406,20 +528,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         _load_config_defaults(parser, argv)
+        args = parser.parse_args(argv)
     except PrivatenetError as e:
-        print(f"privatenet: error: {e}", file=sys.stderr)
-        return 2
-    args = parser.parse_args(argv)
+        return _fail(str(e))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return COMMANDS[args.command](args)
     except PrivatenetError as e:
-        print(f"privatenet: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(to_flags(str(e), _subparsers(parser)[args.command]))
+    except OSError as e:
+        return _fail(_os_message(e))
     except KeyboardInterrupt:
-        print("privatenet: interrupted; rerun the same command with --resume to continue",
-              file=sys.stderr)
+        hint = INTERRUPT_HINTS.get(args.command)
+        print("privatenet: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
 
 

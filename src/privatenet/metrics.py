@@ -1,9 +1,13 @@
-"""Utility and leakage metrics (DESIGN section 5).
+"""Utility and leakage metrics (docs/design.md §5).
 
 The paper's leakage T_s is the adversary's accuracy. Because RAF-DB is imbalanced, every report
 also carries balanced accuracy, the majority-class rate and 1/K of the same test split, the
 normalised leakage ``(acc - majority) / (1 - majority)`` (0 = no better than always answering the
 majority class, 1 = perfect), and a 95 % bootstrap interval of the accuracy.
+
+Every function takes predictions first and targets second (as torchmetrics does). Predictions
+are class indices (N,) or scores (N, K), of which the argmax is taken. :class:`Leakage` is the
+metric object (``update`` / ``compute`` / ``reset``) and :func:`leakage` its functional twin.
 """
 
 from __future__ import annotations
@@ -11,21 +15,54 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from privatenet.errors import PrivatenetError
+
+__all__ = ["ConfusionMatrix", "Leakage", "bootstrap_ci", "classification_scores", "leakage",
+           "majority_rate", "normalized_leakage", "robustness"]
+
+#: A target of this value is an unknown label (as in the data sets); such rows are skipped.
+UNKNOWN = -1
+
+
+def _labels(pred, target, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(pred, target)`` as flat int64 CPU tensors of one length, scores argmax-ed, rows with
+    an unknown target (-1) dropped; out-of-range values raise."""
+    pred, target = torch.as_tensor(pred).detach().cpu(), torch.as_tensor(target).detach().cpu()
+    if pred.dim() == 2 and target.dim() == 1:
+        if pred.shape[1] != num_classes:
+            raise PrivatenetError(f"scores have {pred.shape[1]} columns for num_classes="
+                                  f"{num_classes}; pass (N, num_classes) scores or indices")
+        pred = pred.argmax(1)
+    pred, target = pred.long().flatten(), target.long().flatten()
+    if pred.shape != target.shape:
+        raise PrivatenetError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ "
+                              "in length; pass one prediction per target")
+    keep = target != UNKNOWN
+    pred, target = pred[keep], target[keep]
+    for name, t in (("pred", pred), ("target", target)):
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
+            raise PrivatenetError(f"{name} holds class {int(t.max())} or {int(t.min())}, outside "
+                                  f"0..{num_classes - 1} (num_classes={num_classes}); -1 marks "
+                                  "an unknown target")
+    return pred, target
+
+
+def _check_num_classes(num_classes: int) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise PrivatenetError(f"num_classes={num_classes!r} is invalid; give an integer >= 2")
+    return num_classes
+
 
 class ConfusionMatrix:
     """Accumulates a K x K confusion matrix (rows: true class) with ``update``/``compute``."""
 
     def __init__(self, num_classes: int) -> None:
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        self.num_classes = num_classes
+        self.num_classes = _check_num_classes(num_classes)
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.long)
 
-    def update(self, target: torch.Tensor, pred: torch.Tensor) -> None:
-        """Add a batch of integer targets and predictions."""
-        target, pred = target.detach().cpu().long().flatten(), pred.detach().cpu().long().flatten()
-        if target.shape != pred.shape:
-            raise ValueError(f"target {tuple(target.shape)} and pred {tuple(pred.shape)} differ")
+    def update(self, pred, target) -> None:
+        """Add a batch of predictions and targets (unknown targets, -1, are skipped)."""
+        pred, target = _labels(pred, target, self.num_classes)
         k = self.num_classes
         self.matrix += torch.bincount(target * k + pred, minlength=k * k).view(k, k)
 
@@ -39,10 +76,10 @@ class ConfusionMatrix:
         return {"accuracy": acc, "balanced_accuracy": bal}
 
 
-def classification_scores(target, pred, *, num_classes: int) -> dict[str, float]:
-    """Accuracy and balanced accuracy of integer predictions."""
+def classification_scores(pred, target, *, num_classes: int) -> dict[str, float]:
+    """Accuracy and balanced accuracy of predictions."""
     cm = ConfusionMatrix(num_classes)
-    cm.update(torch.as_tensor(target), torch.as_tensor(pred))
+    cm.update(pred, target)
     return cm.compute()
 
 
@@ -59,10 +96,15 @@ def normalized_leakage(accuracy: float, majority: float) -> float:
     return (accuracy - majority) / (1.0 - majority)
 
 
-def bootstrap_ci(target, pred, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+def bootstrap_ci(pred, target, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
                  ) -> tuple[float, float]:
     """Percentile bootstrap interval of the accuracy, resampling test items with replacement."""
-    correct = (torch.as_tensor(target).flatten() == torch.as_tensor(pred).flatten()).numpy()
+    correct = (torch.as_tensor(pred).flatten() == torch.as_tensor(target).flatten()).numpy()
+    return _bootstrap(correct, n_boot=n_boot, seed=seed, level=level)
+
+
+def _bootstrap(correct: np.ndarray, *, n_boot: int, seed: int, level: float
+               ) -> tuple[float, float]:
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, correct.size, size=(n_boot, correct.size))
     means = correct[idx].mean(axis=1)
@@ -75,16 +117,58 @@ def robustness(acc_new: float, acc_orig: float) -> float:
     return (acc_new - acc_orig) / acc_orig * 100.0
 
 
-def leakage_report(target, pred, *, num_classes: int, seed: int = 0) -> dict[str, float | list]:
-    """Every leakage figure of DESIGN section 5 for one attacker on one test split."""
-    scores = classification_scores(target, pred, num_classes=num_classes)
-    maj = majority_rate(target)
-    return {
-        "accuracy": scores["accuracy"],
-        "balanced_accuracy": scores["balanced_accuracy"],
-        "majority": maj,
-        "chance": 1.0 / num_classes,
-        "normalized_leakage": normalized_leakage(scores["accuracy"], maj),
-        "ci95": list(bootstrap_ci(target, pred, seed=seed)),
-        "n": int(torch.as_tensor(target).numel()),
-    }
+class Leakage:
+    """Every leakage figure of docs/design.md §5 for one attacker's predictions of a private
+    attribute, accumulated over batches (torchmetrics style).
+
+    ``update(pred, target)``: pred (N,) class indices or (N, K) scores, target (N,) with -1 for
+    an unknown label (skipped). ``compute()`` returns ``accuracy``, ``balanced_accuracy``,
+    ``majority`` (the majority-class rate of the targets seen), ``chance`` (1/K),
+    ``normalized_leakage``, ``ci95`` (percentile bootstrap of the accuracy, ``n_boot``
+    resamples seeded by ``seed``) and ``n``. ``reset()`` forgets every update.
+    """
+
+    def __init__(self, *, num_classes: int, n_boot: int = 1000, seed: int = 0) -> None:
+        self.num_classes = _check_num_classes(num_classes)
+        if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+            raise PrivatenetError(f"n_boot={n_boot!r} is invalid; give an integer >= 1")
+        self.n_boot, self.seed = n_boot, seed
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every update."""
+        self._cm = ConfusionMatrix(self.num_classes)
+        self._correct: list[torch.Tensor] = []
+
+    def update(self, pred, target) -> None:
+        """Add a batch of predictions and targets."""
+        pred, target = _labels(pred, target, self.num_classes)
+        self._cm.update(pred, target)
+        self._correct.append(pred == target)
+
+    def compute(self) -> dict[str, float | list | int]:
+        """The leakage report of everything seen since the last reset."""
+        n = int(self._cm.matrix.sum())
+        if n == 0:
+            raise PrivatenetError("no known targets to score; update() with at least one "
+                                  "target that is not -1")
+        scores = self._cm.compute()
+        majority = float(self._cm.matrix.sum(1).max()) / n
+        correct = torch.cat(self._correct).numpy()
+        return {
+            "accuracy": scores["accuracy"],
+            "balanced_accuracy": scores["balanced_accuracy"],
+            "majority": majority,
+            "chance": 1.0 / self.num_classes,
+            "normalized_leakage": normalized_leakage(scores["accuracy"], majority),
+            "ci95": list(_bootstrap(correct, n_boot=self.n_boot, seed=self.seed, level=0.95)),
+            "n": n,
+        }
+
+
+def leakage(pred, target, *, num_classes: int, n_boot: int = 1000, seed: int = 0
+            ) -> dict[str, float | list | int]:
+    """:class:`Leakage` of one set of predictions (see there for the keys)."""
+    metric = Leakage(num_classes=num_classes, n_boot=n_boot, seed=seed)
+    metric.update(pred, target)
+    return metric.compute()

@@ -1,4 +1,5 @@
-"""decode_images: RGB conversion, resizing, errors naming the file, and the on-disk cache."""
+"""decode_images: RGB conversion, resizing, size and memory checks, errors naming the file, and
+the on-disk cache keyed on file content."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import torchvision.transforms as T
 from PIL import Image
 
 import privatenet.data.cache as cache
-from privatenet.data.cache import cache_key, decode_images
+import privatenet.data.spec as spec
+from privatenet.data.cache import cache_key, decode_images, file_hashes
 from privatenet.errors import PrivatenetError
 
 
@@ -64,14 +66,71 @@ def test_gray_rgba_palette_become_three_channels(tmp_path):
     assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
 
 
-def test_mixed_sizes_resized_to_first_with_one_warning(tmp_path, caplog):
-    paths = [_png(tmp_path / "0.png", 1, size=(20, 18))]
-    paths += [_png(tmp_path / f"{i}.png", i, size=(16, 16)) for i in range(1, 4)]
-    with caplog.at_level(logging.WARNING, logger="privatenet.data.cache"):
-        out = decode_images(paths, image_size=None)
-    assert out.shape == (4, 3, 18, 20)
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "3 of 4" in warnings[0].getMessage()
+def test_mixed_sizes_need_image_size(tmp_path, monkeypatch):
+    """Sizes differ: refused before decoding, naming two files; image_size resizes them all."""
+    paths = [_png(tmp_path / f"{i}.png", i, size=(16, 16)) for i in range(3)]
+    paths.append(_png(tmp_path / "odd.png", 9, size=(20, 20)))
+    with monkeypatch.context() as m:
+        m.setattr(cache, "_decode_all", lambda *a: pytest.fail("decoded before the size check"))
+        with pytest.raises(PrivatenetError) as exc:
+            decode_images(paths, image_size=None)
+    msg = str(exc.value)
+    assert "0.png is 16x16" in msg and "odd.png is 20x20" in msg and "image_size=" in msg
+    assert "\n" not in msg
+    assert decode_images(paths, image_size=16).shape == (4, 3, 16, 16)
+
+
+def test_tiny_first_image_does_not_shrink_the_data_set(tmp_path):
+    """The old code took the first image's size for all: a 1x1 first image gave 1 px images."""
+    paths = [_png(tmp_path / "dot.png", 1, size=(1, 1)), _png(tmp_path / "a.png", 2)]
+    with pytest.raises(PrivatenetError, match="dot.png is 1x1"):
+        decode_images(paths, image_size=None)
+    with pytest.raises(PrivatenetError, match=r"dot.png are 1x1, outside the supported 8\.\.1024"):
+        decode_images(paths[:1], image_size=None)
+
+
+def test_native_size_must_be_square(tmp_path):
+    paths = [_png(tmp_path / f"{i}.png", i, size=(20, 18)) for i in range(2)]
+    with pytest.raises(PrivatenetError, match="20x18, not square; pass image_size=N"):
+        decode_images(paths, image_size=None)
+    assert decode_images(paths, image_size=8).shape == (2, 3, 8, 8)
+
+
+def test_sixteen_bit_and_float_grey_are_scaled_not_white(tmp_path):
+    """convert("RGB") clipped 16-bit samples to 255: such images decoded (almost) all white."""
+    wide = (np.arange(256, dtype=np.int64).reshape(16, 16) * 257)  # 16-bit values of 0..255
+    wide[0, 1] = 300  # 300 / 257 = 1.17 -> 1
+    wide[0, 2] = 400  # 400 / 257 = 1.56 -> 2
+    want = np.rint(wide / 257).astype(np.uint8)
+    files = {
+        "I;16": (wide.astype("<u2"), tmp_path / "le.png"),
+        "I;16B": (wide.astype(">u2"), tmp_path / "be.tiff"),
+        "I": (wide.astype(np.int32), tmp_path / "i32.tiff"),
+        "F": (wide.astype(np.float32), tmp_path / "f32.tiff"),
+    }
+    for mode, (arr, path) in files.items():
+        Image.fromarray(arr).save(path)
+        with Image.open(path) as img:
+            assert img.mode == mode  # the test really covers this mode
+    out = decode_images([p for _, p in files.values()], image_size=None)
+    for k, mode in enumerate(files):
+        for c in range(3):
+            assert np.array_equal(out[k, c].numpy(), want), mode
+
+
+def test_image_bigger_than_memory_refused_before_decoding(images, monkeypatch):
+    monkeypatch.setattr(spec, "physical_memory", lambda: 64 * 2**20)  # a 64 MiB machine
+    monkeypatch.setattr(cache, "_decode_all", lambda *a: pytest.fail("decoded anyway"))
+    with pytest.raises(PrivatenetError) as exc:
+        decode_images(images * 1000, image_size=1024)  # 6000 x 3 MiB = 17.6 GiB
+    msg = str(exc.value)
+    assert "17.6 GiB" in msg and "image_size=54 fits" in msg and "img0.png" in msg
+    assert "\n" not in msg
+
+
+def test_memory_check_skipped_when_unknown(images, monkeypatch):
+    monkeypatch.setattr(spec, "physical_memory", lambda: None)
+    assert decode_images(images, image_size=8).shape == (6, 3, 8, 8)
 
 
 def test_missing_file_names_path(images, tmp_path):
@@ -96,9 +155,11 @@ def test_corrupt_image_names_path(tmp_path, images, content):
 
 
 def test_invalid_image_size(images):
-    for size in (0, -3, 2.5, True, "16"):
-        with pytest.raises(PrivatenetError, match="image size"):
+    for size in (0, -3, 1, 7, 1025, 100000, 2.5, True, "16"):
+        with pytest.raises(PrivatenetError, match=rf"image_size={size!r} .*8\.\.1024") as exc:
             decode_images(images, image_size=size)
+        assert "\n" not in str(exc.value)
+    assert decode_images(images, image_size=np.int64(8)).shape == (6, 3, 8, 8)
     with pytest.raises(TypeError):
         decode_images(images)  # image_size is keyword-only and required
 
@@ -126,12 +187,15 @@ def test_cache_miss_then_hit(images, tmp_path, monkeypatch):
 
 
 def test_changed_file_invalidates_cache(images, tmp_path):
+    """A file replaced by one of the same size and mtime (cp -p, rsync) is a new key: the key
+    is the content, where the old key (path, size, mtime) kept the stale pixels."""
     cache_dir = tmp_path / "cache"
     first = decode_images(images, image_size=None, cache_dir=cache_dir)
     key = cache_key(images, image_size=None)
     st = images[3].stat()
     _png(images[3], 200)  # new content at the same path
-    os.utime(images[3], ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    os.utime(images[3], ns=(st.st_atime_ns, st.st_mtime_ns))  # what cp -p keeps
+    assert images[3].stat().st_size == st.st_size  # same length: only the content tells
     assert cache_key(images, image_size=None) != key
     second = decode_images(images, image_size=None, cache_dir=cache_dir)
     assert int(first[3, 0, 0, 0]) == 30 and int(second[3, 0, 0, 0]) == 200
@@ -157,3 +221,30 @@ def test_cache_dir_that_is_a_file(images, tmp_path):
     f.write_text("x")
     with pytest.raises(PrivatenetError, match="afile"):
         decode_images(images, image_size=None, cache_dir=f)
+
+
+def test_cache_key_follows_content_not_path(images, tmp_path, monkeypatch):
+    copies = []
+    for p in images:
+        q = tmp_path / "copy" / p.name
+        q.parent.mkdir(exist_ok=True)
+        q.write_bytes(p.read_bytes())
+        copies.append(q)
+    assert cache_key(copies, image_size=12) == cache_key(images, image_size=12)
+    hashes = file_hashes(images)
+    assert cache_key(images, image_size=12, hashes=hashes) == cache_key(images, image_size=12)
+    assert len(set(hashes)) == len(images)
+    first = decode_images(images, image_size=12, cache_dir=tmp_path / "c")
+    monkeypatch.setattr(cache, "_decode_all", lambda *a: pytest.fail("moved files re-decoded"))
+    assert torch.equal(decode_images(copies, image_size=12, cache_dir=tmp_path / "c"), first)
+
+
+def test_native_size_shares_the_cache_file_with_that_image_size(images, tmp_path):
+    decode_images(images, image_size=None, cache_dir=tmp_path / "c")
+    decode_images(images, image_size=16, cache_dir=tmp_path / "c")
+    assert len(list((tmp_path / "c").glob("*.safetensors"))) == 1
+
+
+def test_file_hashes_missing_file(images, tmp_path):
+    with pytest.raises(PrivatenetError, match="nope.png is missing"):
+        file_hashes([*images, tmp_path / "nope.png"])

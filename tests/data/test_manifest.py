@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -50,7 +53,7 @@ def test_integer_labels(folder):
         "img/4.png,test,0",
     ])
     ds = load_manifest(csv)
-    assert ds.name == f"manifest:{csv}"
+    assert ds.name == f"manifest:{csv.resolve()}" == str(ds.spec)
     assert ds.classes == {"emotion": ["0", "1", "2", "3"]}
     train = ds.splits["train"]
     assert train.ids == ["img/0.png", "img/2.png", "img/3.png"]
@@ -158,6 +161,46 @@ def test_cache_dir(folder, tmp_path):
     assert torch.equal(a.splits["test"].images, b.splits["test"].images)
 
 
+def test_spec_is_absolute_and_reloads_from_elsewhere(folder, monkeypatch, tmp_path):
+    _write(folder / "m.csv", ["path,split,y", "img/0.png,train,a", "img/1.png,test,b"])
+    monkeypatch.chdir(folder)
+    ds = load_dataset("manifest:m.csv")
+    assert ds.spec.path == (folder / "m.csv").resolve()
+    assert ds.name == f"manifest:{(folder / 'm.csv').resolve()}"
+    monkeypatch.chdir(tmp_path)
+    again = load_dataset(ds.name)
+    assert again.spec == ds.spec and again.fingerprint() == ds.fingerprint()
+
+
+def test_mixed_sizes_need_image_size(folder):
+    _img(folder / "img" / "big.png", 7, size=32)
+    csv = _write(folder / "m.csv", ["path,split,y", "img/0.png,train,a", "img/big.png,test,b"])
+    msg = _error(csv)
+    assert "0.png is 16x16" in msg and "big.png is 32x32" in msg and "image_size=N" in msg
+    ds = load_manifest(csv, image_size=16)
+    assert ds.splits["test"].images.shape == (1, 3, 16, 16)
+
+
+def test_same_image_in_train_and_test_warns(folder, caplog):
+    shutil.copyfile(folder / "img" / "3.png", folder / "img" / "copy.png")
+    csv = _write(folder / "m.csv", [
+        "path,split,y",
+        "img/0.png,train,a", "img/3.png,train,b", "img/5.png,train,a",
+        "img/0.png,test,a",      # the same file
+        "img/copy.png,test,b",   # a copy under another name: same content
+        "img/6.png,test,a",
+        "img/5.png,val,a",
+    ])
+    with caplog.at_level(logging.WARNING, logger="privatenet.data.cache"):
+        ds = load_manifest(csv)
+    msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(msgs) == 2
+    assert msgs[0].startswith("2 of 3 test images also appear in the train split")
+    assert msgs[1].startswith("1 of 1 val images also appear in the train split")
+    assert "\n" not in msgs[0]
+    assert len(ds.splits["test"]) == 3  # a warning, not a refusal
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
@@ -218,6 +261,25 @@ def test_negative_integer_label(folder):
     assert "m.csv line 3" in msg and "negative" in msg
 
 
+def test_huge_integer_label_is_refused(folder, monkeypatch):
+    """Label 1000000000 used to build a billion class names ("0".."1000000000")."""
+    import privatenet.data.manifest as manifest
+
+    monkeypatch.setattr(manifest, "decode_splits", lambda **kw: pytest.fail("decoded"))
+    csv = _write(folder / "m.csv", ["path,split,y", "img/0.png,train,1",
+                                    "img/1.png,train,1000000000"])
+    msg = _error(csv)
+    assert "m.csv line 3" in msg and "1000000000" in msg and "at most 1000" in msg
+    assert "class indices" in msg  # why: every index up to the largest becomes a class
+
+
+def test_largest_allowed_integer_label(folder):
+    csv = _write(folder / "m.csv", ["path,split,y", "img/0.png,train,0", "img/1.png,test,999"])
+    assert len(load_manifest(csv).classes["y"]) == 1000
+    csv = _write(folder / "m.csv", ["path,split,y", "img/0.png,train,0", "img/1.png,test,1000"])
+    assert "above 999" in _error(csv)
+
+
 def test_column_without_values(folder):
     csv = _write(folder / "m.csv", ["path,split,y,z", "img/0.png,train,1,", "img/1.png,test,0,"])
     assert "'z' is empty in every row" in _error(csv)
@@ -233,4 +295,4 @@ def test_keyword_only(folder):
     csv = _write(folder / "m.csv", ["path,split,y", "img/0.png,train,1"])
     with pytest.raises(TypeError):
         load_manifest(csv, 16)
-    assert "image size" in _error(csv, image_size=0)
+    assert "image_size=0 is out of range" in _error(csv, image_size=0)

@@ -6,6 +6,9 @@ id and all its labels still belong together after any filtering.
 
 from __future__ import annotations
 
+import logging
+import shutil
+
 import pytest
 import torch
 from PIL import Image
@@ -136,9 +139,9 @@ def test_every_label_matches_what_was_written(tree):
 
 def test_classes(tree):
     ds = load_rafdb(tree)
-    assert ds.classes == {"emotion": EMOTIONS, "gender": GENDERS, "age": AGE_GROUPS,
-                          "race": RACES}
-    assert EMOTIONS == ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
+    assert ds.classes == {"emotion": list(EMOTIONS), "gender": list(GENDERS),
+                          "age": list(AGE_GROUPS), "race": list(RACES)}
+    assert EMOTIONS == ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
     assert AGE_GROUPS[3] == "40-69"
     assert ds.distribution("train", "gender") == {"male": 3, "female": 3, "?": 2}
 
@@ -198,6 +201,34 @@ def test_image_size_spec_and_cache(tmp_path):
     for name in ("train", "test"):
         assert torch.equal(again.splits[name].images, ds.splits[name].images)
         _check_aligned(again.splits[name], ["emotion", "gender", "age", "race"])
+
+
+def test_spec_is_absolute_from_a_relative_root(tmp_path, monkeypatch):
+    root = make_rafdb(tmp_path / "basic", "none")
+    monkeypatch.chdir(tmp_path)
+    ds = load_dataset("rafdb:basic")
+    assert ds.spec.path == root.resolve() and ds.spec.path.is_absolute()
+    assert ds.name == str(ds.spec) == f"rafdb:{root.resolve()}"
+    monkeypatch.chdir(root / "Image")  # the saved name still loads the same data elsewhere
+    assert load_dataset(ds.name).fingerprint() == ds.fingerprint()
+
+
+def test_image_in_train_and_test_warns_with_count(tmp_path, caplog):
+    root = make_rafdb(tmp_path / "basic", "none")
+    aligned = root / "Image" / "aligned"
+    # a test image that is a byte copy of a train image (another name, same content)
+    shutil.copyfile(aligned / "train_00002_aligned.jpg", aligned / "test_0003_aligned.jpg")
+    with caplog.at_level(logging.WARNING, logger="privatenet.data.cache"):
+        load_rafdb(root)
+    (msg,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert msg.startswith("1 of 4 test images also appear in the train split")
+    assert "train_00002_aligned.jpg" in msg and "test_0003_aligned.jpg" in msg
+
+
+def test_no_warning_without_shared_images(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="privatenet.data.cache"):
+        load_rafdb(make_rafdb(tmp_path / "basic", "none"))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_keyword_only(tmp_path):

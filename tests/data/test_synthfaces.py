@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from privatenet.data import MISSING, load_dataset
+from privatenet.data import MISSING, labels, load_dataset, parse_spec, rafdb
 from privatenet.data.synthfaces import (
-    AGES,
+    AGE_GROUPS,
     EMOTIONS,
     GENDERS,
     make_synthfaces,
@@ -43,7 +43,7 @@ def test_shapes_dtypes_columns(small):
     }
     assert list(EMOTIONS) == small.classes["emotion"]
     assert list(GENDERS) == small.classes["gender"]
-    assert list(AGES) == small.classes["age"]
+    assert list(AGE_GROUPS) == small.classes["age"]
     tr, te = small.splits["train"], small.splits["test"]
     assert len(tr) + len(te) == 300
     assert len(te) == 60  # RAF-DB's 3068 / 15339 = 20 %
@@ -145,6 +145,7 @@ def test_spec_defaults(monkeypatch):
     seen = {}
 
     def fake(**kw):
+        seen.clear()
         seen.update(kw)
         return "ok"
 
@@ -152,9 +153,9 @@ def test_spec_defaults(monkeypatch):
 
     monkeypatch.setattr(mod, "make_synthfaces", fake)
     assert mod.synthfaces_from_spec("") == "ok"
-    assert seen == {}  # all defaults: n=5000, size=64, seed=0
+    assert seen == {"n": 5000, "size": 64, "seed": 0}  # the spec is completed with defaults
     assert mod.synthfaces_from_spec("n=10", image_size=40) == "ok"
-    assert seen == {"n": 10, "size": 40}
+    assert seen == {"n": 10, "size": 40, "seed": 0}
 
 
 @pytest.mark.parametrize(
@@ -167,7 +168,9 @@ def test_spec_defaults(monkeypatch):
         ("size=3.5", "size='3.5'"),
         ("n=100,n=200", "'n'"),
         ("n=5", "n=5"),
+        ("n=100000000", "n=100000000"),
         ("size=4", "size=4"),
+        ("size=2000", "size=2000"),
         ("seed=-1", "seed=-1"),
         ("test_fraction=1.5", "test_fraction=1.5"),
     ],
@@ -187,8 +190,9 @@ def test_unknown_key_lists_valid_keys():
 
 @pytest.mark.parametrize(
     "kw",
-    [{"n": 0}, {"n": 2.5}, {"n": True}, {"size": 1000}, {"size": "64"}, {"seed": -3},
-     {"test_fraction": 0.0}, {"test_fraction": "half"}],
+    [{"n": 0}, {"n": 2.5}, {"n": True}, {"n": 200_001}, {"size": 1025}, {"size": "64"},
+     {"size": None}, {"seed": -3}, {"test_fraction": 0.0}, {"test_fraction": "half"},
+     {"test_fraction": float("nan")}],
 )  # fmt: skip
 def test_make_validates(kw):
     with pytest.raises(PrivatenetError, match=next(iter(kw))):
@@ -198,6 +202,56 @@ def test_make_validates(kw):
 def test_keyword_only():
     with pytest.raises(TypeError):
         make_synthfaces(100)  # type: ignore[misc]
+
+
+def test_label_names_shared_with_rafdb():
+    # One definition in labels.py: the two modules cannot drift apart again.
+    assert EMOTIONS is labels.EMOTIONS is rafdb.EMOTIONS
+    assert AGE_GROUPS is labels.AGE_GROUPS is rafdb.AGE_GROUPS
+    assert GENDERS is labels.GENDERS is rafdb.GENDERS
+
+
+def test_huge_n_refused_at_parse_time(monkeypatch):
+    """n=100000000 used to draw faces until memory ran out; now the spec itself is refused."""
+    import privatenet.data.synthfaces as mod
+
+    def fail(*args, **kwargs):
+        raise AssertionError("drew faces for a refused spec")
+
+    monkeypatch.setattr(mod, "_render", fail)
+    for spec in ("synthfaces:n=100000000", "synthfaces:n=10,size=100000"):
+        with pytest.raises(PrivatenetError, match="out of range") as err:
+            parse_spec(spec)
+        assert "\n" not in str(err.value)
+        with pytest.raises(PrivatenetError, match="out of range"):
+            load_dataset(spec)
+
+
+def test_image_size_override_checked_like_every_image_size():
+    with pytest.raises(PrivatenetError, match="image_size=100000 is out of range; give an"):
+        load_dataset("synthfaces:n=20,size=32", image_size=100000)
+
+
+def test_memory_check_before_drawing(monkeypatch):
+    import privatenet.data.spec as spec_mod
+    import privatenet.data.synthfaces as mod
+
+    monkeypatch.setattr(spec_mod, "physical_memory", lambda: 2**30)  # 1 GiB machine
+    monkeypatch.setattr(mod, "_render", lambda *a: pytest.fail("drew faces that cannot fit"))
+    with pytest.raises(PrivatenetError) as err:
+        make_synthfaces(n=200_000, size=64)  # 2.3 GiB of pixels
+    msg = str(err.value)
+    assert "2.3 GiB" in msg and "smaller size" in msg and "size=37 fits" in msg
+    assert "\n" not in msg
+
+
+def test_spec_round_trip_and_canonical_name():
+    ds = make_synthfaces(n=20, size=16, seed=2)
+    assert ds.spec == parse_spec("synthfaces: seed=2,size=16, n=20")
+    assert ds.name == str(ds.spec) == "synthfaces:n=20,size=16,seed=2"
+    assert parse_spec(ds.name) == ds.spec
+    again = load_dataset(ds.spec)
+    assert again.fingerprint() == ds.fingerprint()
 
 
 def _linear_accuracy(ds, column):

@@ -1,4 +1,4 @@
-"""The ARM network against DESIGN section 3, its affinity modes, and public checkpoints."""
+"""The ARM network against docs/design.md §3, its affinity modes, and public checkpoints."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def images(n: int, size: int, seed: int) -> torch.Tensor:
 
 
 def reference_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """DESIGN section 3 written like the public code: a Python loop over the 2 channels,
+    """docs/design.md §3 written like the public code: a Python loop over the 2 channels,
     torch.cat, BN, channel mean plus alpha times the mean over batch AND channels."""
     feats = model.features(x)
     shuffled = nn.functional.pixel_shuffle(feats, 16)
@@ -67,7 +67,7 @@ def post_bn_channel_mean(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.arm.bn(y).mean(1)
 
 
-# ------------------------------------------------------------------ faithful to DESIGN section 3
+# ------------------------------------------------------------------ faithful to docs/design.md §3
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,10 @@
-"""Training and attack jobs: a dataset, a model and the engine, with their run directory.
+"""Training and attack jobs: a dataset, a model and the training loop, with their run folder.
 
-Used by the CLI (``privatenet train`` / ``attack``) and by every stage of the protocol. A job's
-folder holds ``config.yaml`` (resolved settings), ``train/`` (checkpoint, ``metrics.jsonl``), the
-final ``model.*`` or ``adversary.*`` checkpoint and ``results.json``, written last: a folder with
+Used by the CLI (``privatenet train`` / ``attack``) and by every stage of the protocol. A job
+checks every input first, then claims its folder (:func:`~privatenet.train.rundir.open_run`:
+``run.json`` with the run's fingerprint, ``run.lock`` held while it works), and writes
+``config.yaml`` (resolved settings), ``train/`` (checkpoints, ``metrics.jsonl``), the final
+``model.*`` or ``adversary.*`` checkpoint and ``results.json``, written last: a folder with
 ``results.json`` is finished and is not redone.
 """
 
@@ -16,18 +18,26 @@ import torch
 
 from privatenet.data.base import Dataset, Split
 from privatenet.errors import PrivatenetError
-from privatenet.metrics import leakage_report
-from privatenet.models import create_adversary, create_model, default_adversary, model_options
-from privatenet.train.checkpoint import load_module, read_json, save_module, write_json, write_yaml
-from privatenet.train.config import TrainConfig, resolve_device, seed_everything
-from privatenet.train.loop import (
-    Callbacks,
-    Privacy,
-    extract,
-    fit,
-    fit_adversary,
-    predict_features,
+from privatenet.metrics import leakage
+from privatenet.models import (
+    create_adversary,
+    create_model,
+    default_adversary,
+    model_options,
+    require_tap,
 )
+from privatenet.regularizer import PrivacyRegularizer
+from privatenet.train.checkpoint import (
+    checkpoint_digest,
+    load_checkpoint_meta,
+    load_module,
+    save_module,
+    write_json,
+    write_yaml,
+)
+from privatenet.train.config import TrainConfig, resolve_device, seed_everything
+from privatenet.train.loop import Callbacks, extract, fit, fit_adversary, predict_features
+from privatenet.train.rundir import open_run
 
 log = logging.getLogger(__name__)
 
@@ -61,28 +71,23 @@ def check_classes(saved: list[str], data: Dataset, column: str, source: str | Pa
         f"with ({', '.join(saved)}); use data with the same class list")
 
 
-def _start(out: Path, resume: bool, settings: dict) -> dict | None:
-    """Finished results if ``out`` already holds them; raise if ``out`` is taken."""
-    results = out / "results.json"
-    if results.exists():
-        if resume:
-            return read_json(results)
-        raise PrivatenetError(f"{out} already holds a finished run; choose another output "
-                              "folder (or pass --resume to reuse it)")
-    if (out / "train").exists() and not resume:
-        raise PrivatenetError(f"{out} holds an unfinished run; pass --resume to continue it or "
-                              "choose another output folder")
-    write_yaml(out / "config.yaml", settings)
-    return None
+def data_fingerprint(data: Dataset) -> dict:
+    """The identity of ``data`` in a run's fingerprint: its spec and a hash of its content."""
+    return {"spec": data.name, "content": data.fingerprint()}
+
+
+def _stem(run: str | Path, name: str, command: str) -> Path:
+    """The checkpoint stem ``name`` of a finished ``command`` folder (or ``run`` itself)."""
+    run = Path(run)
+    stem = run / name if run.is_dir() else run
+    if not stem.with_suffix(".json").exists():
+        raise PrivatenetError(f"{run}: no {name} here (expected {stem}.json); pass the folder "
+                              f"of a finished 'privatenet {command}' run")
+    return stem
 
 
 def _model_stem(run: str | Path) -> Path:
-    run = Path(run)
-    stem = run / "model" if run.is_dir() else run
-    if not stem.with_suffix(".json").exists():
-        raise PrivatenetError(f"{run}: no trained model here (expected {stem}.json); pass the "
-                              "folder of a finished 'privatenet train' run")
-    return stem
+    return _stem(run, "model", "train")
 
 
 def load_model(run: str | Path, *, expect: str | None = None) -> tuple[torch.nn.Module, dict]:
@@ -92,29 +97,27 @@ def load_model(run: str | Path, *, expect: str | None = None) -> tuple[torch.nn.
 
 def model_meta(run: str | Path) -> dict:
     """The plain values saved with the network of a ``train`` folder (data, classes, size)."""
-    return read_json(_model_stem(run).with_suffix(".json"))
+    return load_checkpoint_meta(_model_stem(run))
+
+
+def _adversary_stem(run: str | Path) -> Path:
+    return _stem(run, "adversary", "attack")
 
 
 def load_adversary(run: str | Path) -> tuple[torch.nn.Module, dict]:
     """The adversary head of an ``attack`` job folder (or an ``adversary`` checkpoint stem)."""
-    run = Path(run)
-    stem = run / "adversary" if run.is_dir() else run
-    if not stem.with_suffix(".json").exists():
-        raise PrivatenetError(f"{run}: no adversary here (expected {stem}.json); pass the "
-                              "folder of a finished 'privatenet attack' run")
-    return load_module(stem)
+    return load_module(_adversary_stem(run))
 
 
 def evaluate_task(model: torch.nn.Module, split: Split, column: str, num_classes: int,
                   config: TrainConfig) -> dict:
-    """Every figure of DESIGN section 5 for ``model`` predicting ``split.labels[column]``
+    """Every figure of docs/design.md §5 for ``model`` predicting ``split.labels[column]``
     (accuracy, balanced accuracy, majority rate, 1/K, normalised score, 95 % interval)."""
     device = resolve_device(config.device)
     model.to(device)
     pred = extract(model, split.images, batch_size=config.eval_batch_size,
                    device=device).argmax(1)
-    return leakage_report(split.labels[column], pred, num_classes=num_classes,
-                          seed=config.seed)
+    return leakage(pred, split.labels[column], num_classes=num_classes, seed=config.seed)
 
 
 def evaluate_adversary(head: torch.nn.Module, model: torch.nn.Module, split: Split, *, tap: str,
@@ -125,8 +128,7 @@ def evaluate_adversary(head: torch.nn.Module, model: torch.nn.Module, split: Spl
     feats = extract(model, split.images, tap=tap, batch_size=config.eval_batch_size,
                     device=device)
     pred = predict_features(head.to(device), feats, device=device)
-    return leakage_report(split.labels[attribute], pred, num_classes=num_classes,
-                          seed=config.seed)
+    return leakage(pred, split.labels[attribute], num_classes=num_classes, seed=config.seed)
 
 
 def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config: TrainConfig,
@@ -138,24 +140,36 @@ def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config
     ``privacy`` holds ``loss``, ``tap``, ``private``, ``lam``, ``adversary`` (an attack folder:
     the known adversary) and ``update`` (``fixed`` or ``alternating``). ``init_from`` starts
     from the weights of a finished train folder of the same architecture instead of from
-    scratch. Returns (and writes) the results: task utility on the test split, and with
-    ``privacy`` the known adversary's leakage on the new features.
+    scratch. Every input is checked before ``out`` is claimed (:func:`open_run`): a resumed run
+    must name the same data (content), starting network, adversary and settings. Returns (and
+    writes) the results: task utility on the test split, and with ``privacy`` the known
+    adversary's leakage on the new features.
     """
-    out = Path(out)
     model_kwargs = dict(model_kwargs or {})
     privacy = dict(privacy) if privacy else None
+    if privacy is not None and privacy["private"] == target:
+        raise PrivatenetError(f"the private attribute {target!r} is the task target; protect "
+                              "another column than the one the network must predict")
     columns = [target] + ([privacy["private"]] if privacy else [])
     train, test = data.split("train", columns), data.split("test", columns)
     settings = {"job": "train", "data": data.name, "model": model, "model_kwargs": model_kwargs,
                 "target": target, "train": asdict(config),
                 "init_from": str(init_from) if init_from else None,
                 "privacy": {k: str(v) for k, v in privacy.items()} if privacy else None}
+    # Paths are left out of the fingerprint's settings: the data, the starting network and the
+    # adversary are compared by content, so a moved folder still resumes.
+    fingerprint = {"data": data_fingerprint(data), "init": None, "adversary": None,
+                   "settings": {k: v for k, v in settings.items()
+                                if k not in ("data", "init_from", "privacy")}
+                   | {"privacy": {k: v for k, v in settings["privacy"].items()
+                                  if k != "adversary"} if privacy else None}}
     # Check every input before anything is written.
     init = None
     if init_from is not None:
         init, init_meta = load_model(init_from, expect=model)
         check_classes(init_meta["classes"], data, target, init_from)
-    known = spec = None
+        fingerprint["init"] = checkpoint_digest(_model_stem(init_from))
+    regularizer = None
     if privacy is not None:
         known, adv_meta = load_adversary(privacy["adversary"])
         check_classes(adv_meta["classes"], data, privacy["private"], privacy["adversary"])
@@ -165,34 +179,39 @@ def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config
                 f"{privacy['adversary']} attacks {adv_meta.get('attribute')!r} on tap "
                 f"{adv_meta.get('tap')!r}, not {privacy['private']!r} on {privacy['tap']!r}; "
                 "pass the matching attack folder")
-        spec = Privacy(loss=privacy["loss"], tap=privacy["tap"], attribute=privacy["private"],
-                       lam=float(privacy["lam"]), adversary=known,
-                       update=privacy.get("update", "fixed"))
-    done = _start(out, resume, settings)
-    if done is not None:
-        return done
+        regularizer = PrivacyRegularizer(known, loss=privacy["loss"], lam=float(privacy["lam"]),
+                                         update=privacy.get("update", "fixed"), lr=config.lr,
+                                         weight_decay=config.weight_decay)
+        fingerprint["adversary"] = checkpoint_digest(_adversary_stem(privacy["adversary"]))
     seed_everything(config.seed)
     num_classes = len(data.classes[target])
     net = build_model(model, num_classes=num_classes, image_size=image_size_of(data),
                       **model_kwargs)
+    if privacy is not None:
+        require_tap(net, privacy["tap"])
     if init is not None:
         if init.config != net.config:
             raise PrivatenetError(f"{init_from} holds a network with other settings "
                                   f"({init.config}); it cannot initialise {net.config}")
         net.load_state_dict(init.state_dict())
-    history = fit(model=net, train=train, target=target, config=config,
-                  privacy=spec, run_dir=out / "train", resume=resume,
-                  callbacks=callbacks)
-    results = {"utility": evaluate_task(net, test, target, num_classes, config),
-               "history": history}
-    if privacy is not None:
-        results["known"] = evaluate_adversary(
-            known, net, test, tap=privacy["tap"], attribute=privacy["private"],
-            num_classes=len(data.classes[privacy["private"]]), config=config)
-    save_module(out / "model", net.cpu(), {
-        "role": "model", "data": data.name, "target": target, "classes": data.classes[target],
-        "image_size": image_size_of(data)})
-    write_json(out / "results.json", results)
+    with open_run(out, kind="train", fingerprint=fingerprint, resume=resume) as run:
+        if run.finished:
+            return run.results()
+        write_yaml(run.path / "config.yaml", settings)
+        history = fit(model=net, train=train, target=target, config=config,
+                      regularizer=regularizer, tap=privacy["tap"] if privacy else None,
+                      private=privacy["private"] if privacy else None,
+                      run_dir=run.path / "train", resume=resume, callbacks=callbacks)
+        results = {"utility": evaluate_task(net, test, target, num_classes, config),
+                   "history": history}
+        if privacy is not None:
+            results["known"] = evaluate_adversary(
+                known, net, test, tap=privacy["tap"], attribute=privacy["private"],
+                num_classes=len(data.classes[privacy["private"]]), config=config)
+        save_module(run.path / "model", net.cpu(), {
+            "role": "model", "data": data.name, "target": target,
+            "classes": data.classes[target], "image_size": image_size_of(data)})
+        write_json(run.path / "results.json", results)
     return results
 
 
@@ -200,76 +219,79 @@ def attack_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str
                config: TrainConfig, out: str | Path, head: str | None = None,
                resume: bool = False, callbacks: Callbacks | None = None) -> dict:
     """Train an adversary head on the frozen ``tap`` features of a trained network to predict
-    ``attribute``; evaluate it on the test split (the leakage report of DESIGN section 5)."""
-    out = Path(out)
+    ``attribute``; evaluate it on the test split (the leakage report of docs/design.md §5).
+    A resumed attack must name the same data, network and settings."""
     net, meta = load_model(model_run)
-    if tap not in net.taps:
-        raise PrivatenetError(f"the network in {model_run} has no tap {tap!r}; it has: "
-                              f"{', '.join(net.taps)}")
+    require_tap(net, tap)
     if meta.get("image_size") not in (None, image_size_of(data)):
         raise PrivatenetError(f"{model_run} was trained on {meta['image_size']}px images, the "
-                              f"data here are {image_size_of(data)}px; pass the same "
-                              "--image-size")
+                              f"data here are {image_size_of(data)}px; pass "
+                              f"image_size={meta['image_size']}")
+    if attribute == meta.get("target"):
+        raise PrivatenetError(f"{model_run} was trained to predict {attribute!r}; attack "
+                              "another attribute than the network's own task")
     train, test = data.split("train", [attribute]), data.split("test", [attribute])
     head = head or default_adversary(net.config["name"], tap)
     settings = {"job": "attack", "data": data.name, "model_run": str(model_run), "tap": tap,
                 "attribute": attribute, "head": head, "train": asdict(config)}
-    done = _start(out, resume, settings)
-    if done is not None:
-        return done
-    device = resolve_device(config.device)
-    net.to(device)
-    feats = extract(net, train.images, tap=tap, batch_size=config.eval_batch_size,
-                    device=device)
-    seed_everything(config.seed)
-    num_classes = len(data.classes[attribute])
-    adversary = create_adversary(head, tap_shape=tuple(feats.shape[1:]),
-                                 num_classes=num_classes)
-    history = fit_adversary(head=adversary, features=feats, labels=train.labels[attribute],
-                            config=config, run_dir=out / "train", resume=resume,
-                            callbacks=callbacks)
-    results = evaluate_adversary(adversary, net, test, tap=tap, attribute=attribute,
-                                 num_classes=num_classes, config=config)
-    results = {"attribute": attribute, "tap": tap, "head": head, **results,
-               "history": history}
-    save_module(out / "adversary", adversary.cpu(), {
-        "role": "adversary", "tap": tap, "attribute": attribute,
-        "classes": data.classes[attribute], "model_run": str(model_run)})
-    write_json(out / "results.json", results)
+    fingerprint = {"data": data_fingerprint(data),
+                   "network": checkpoint_digest(_model_stem(model_run)),
+                   "settings": {k: v for k, v in settings.items()
+                                if k not in ("data", "model_run")}}
+    with open_run(out, kind="attack", fingerprint=fingerprint, resume=resume) as run:
+        if run.finished:
+            return run.results()
+        write_yaml(run.path / "config.yaml", settings)
+        device = resolve_device(config.device)
+        net.to(device)
+        feats = extract(net, train.images, tap=tap, batch_size=config.eval_batch_size,
+                        device=device)
+        seed_everything(config.seed)
+        num_classes = len(data.classes[attribute])
+        adversary = create_adversary(head, tap_shape=tuple(feats.shape[1:]),
+                                     num_classes=num_classes)
+        history = fit_adversary(adversary, feats, train.labels[attribute], config=config,
+                                run_dir=run.path / "train", resume=resume, callbacks=callbacks)
+        results = evaluate_adversary(adversary, net, test, tap=tap, attribute=attribute,
+                                     num_classes=num_classes, config=config)
+        results = {"attribute": attribute, "tap": tap, "head": head, **results,
+                   "history": history}
+        save_module(run.path / "adversary", adversary.cpu(), {
+            "role": "adversary", "tap": tap, "attribute": attribute,
+            "classes": data.classes[attribute], "model_run": str(model_run)})
+        write_json(run.path / "results.json", results)
     return results
 
 
 def import_public_job(*, checkpoint: str | Path, data: Dataset, out: str | Path,
                       config: TrainConfig, calibrate: bool = True) -> dict:
     """Turn a public ARM ResNet-18 checkpoint into a ``train``-style folder (``model.*``,
-    ``results.json``) that ``attack`` and ``--init-from`` accept.
+    ``results.json``) that ``attack`` and ``init_from`` accept.
 
     The public checkpoints lack our running affinity mean: with ``calibrate`` it is estimated
     on the training split, so inference is batch-independent; without, the network keeps the
     public batch-dependent behaviour (a warning is logged).
     """
-    from privatenet.data.rafdb import EMOTIONS
+    from privatenet.data.labels import EMOTIONS
     from privatenet.data.transforms import normalize
     from privatenet.models.public import load_public_arm_checkpoint
 
-    out = Path(out)
-    check_classes(EMOTIONS, data, "emotion", checkpoint)
+    check_classes(list(EMOTIONS), data, "emotion", checkpoint)
     train, test = data.split("train", ["emotion"]), data.split("test", ["emotion"])
     settings = {"job": "import", "checkpoint": str(checkpoint), "data": data.name,
                 "calibrate": calibrate}
-    done = _start(out, False, settings)
-    if done is not None:
-        return done
     device = resolve_device(config.device)
     bs = config.eval_batch_size
     batches = (normalize(train.images[i:i + bs].to(device)) for i in range(0, len(train), bs))
     net = load_public_arm_checkpoint(checkpoint, num_classes=len(EMOTIONS),
                                      image_size=image_size_of(data),
                                      calibration=batches if calibrate else None)
-    results = {"utility": evaluate_task(net, test, "emotion", len(EMOTIONS), config),
-               "source": str(checkpoint), "affinity": net.arm.affinity}
-    save_module(out / "model", net.cpu(), {
-        "role": "model", "data": data.name, "target": "emotion", "classes": list(EMOTIONS),
-        "image_size": image_size_of(data)})
-    write_json(out / "results.json", results)
+    with open_run(out, kind="import", fingerprint=None, resume=False) as run:
+        write_yaml(run.path / "config.yaml", settings)
+        results = {"utility": evaluate_task(net, test, "emotion", len(EMOTIONS), config),
+                   "source": str(checkpoint), "affinity": net.arm.affinity}
+        save_module(run.path / "model", net.cpu(), {
+            "role": "model", "data": data.name, "target": "emotion",
+            "classes": list(EMOTIONS), "image_size": image_size_of(data)})
+        write_json(run.path / "results.json", results)
     return results

@@ -15,19 +15,23 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from privatenet.app.jobs import attack_job, build_model, image_size_of, load_model, train_job
 from privatenet.app.latency import latency_ms
 from privatenet.data import load_dataset
+from privatenet.data.spec import DataSpec, check_image_size, parse_spec
 from privatenet.errors import PrivatenetError
-from privatenet.losses import PRIVACY_LOSSES
+from privatenet.losses import PRIVACY_LOSSES, check_lam, check_loss
 from privatenet.metrics import robustness
-from privatenet.models import default_adversary
+from privatenet.models import default_adversary, require_tap
+from privatenet.models.registry import check_model_name
+from privatenet.regularizer import check_update
 from privatenet.train.checkpoint import read_json, write_json, write_yaml
 from privatenet.train.config import TrainConfig, resolve_device
 from privatenet.train.loop import Callbacks
+from privatenet.train.rundir import open_run
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +41,14 @@ REPORT_KEYS = ("accuracy", "balanced_accuracy", "majority", "chance", "normalize
 
 @dataclass
 class ProtocolConfig:
-    """Every setting of a ``reproduce`` run (see :data:`PRESETS`)."""
+    """Every setting of a ``reproduce`` run (see :data:`PRESETS`), checked on creation.
 
-    data: str = "synthfaces"
+    ``data`` is parsed once into a :class:`~privatenet.data.spec.DataSpec` (absolute paths).
+    ``train`` holds the optimisation of the task networks; the adversaries and the privacy
+    networks use the same settings with ``adversary_epochs`` and ``privacy_epochs``.
+    """
+
+    data: DataSpec | str = "synthfaces"
     target: str = "emotion"
     private: list[str] = field(default_factory=lambda: ["gender", "age"])
     model: str = "arm_resnet18"
@@ -53,38 +62,49 @@ class ProtocolConfig:
     init: str = "original"  # privacy networks start from the original network's weights
     adversarial_update: str = "alternating"
     image_size: int | None = 224
-    epochs: int = 200
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=200))
     adversary_epochs: int = 200
     privacy_epochs: int = 200
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    lr_decay: float = 0.9
-    augment: bool = True
-    seed: int = 0
-    device: str = "auto"
     latency_repeats: int = 100
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
+        self.data = parse_spec(self.data)
+        if isinstance(self.train, dict):
+            self.train = TrainConfig(**self.train)
         for loss in [*self.losses, self.sweep_loss]:
-            if loss not in PRIVACY_LOSSES:
-                raise PrivatenetError(f"privacy loss {loss!r} is unknown; use "
-                                      f"{', '.join(PRIVACY_LOSSES)}")
+            check_loss(loss)
+        check_update(self.adversarial_update)
         if self.init not in ("original", "scratch"):
-            raise PrivatenetError(f"init {self.init!r} is unknown; use original or scratch")
+            raise PrivatenetError(f"init={self.init!r} is unknown; use original or scratch")
         for lam in [self.lam, *self.lambdas]:
-            if not 0.0 <= lam <= 1.0:
-                raise PrivatenetError(f"lambda {lam!r} is outside [0, 1]")
+            check_lam(lam)
         if not self.private:
-            raise PrivatenetError("give at least one private attribute (--private gender,age)")
-        if self.latency_repeats < 2:
-            raise PrivatenetError("latency repeats must be >= 2")
+            raise PrivatenetError("give at least one private attribute, e.g. "
+                                  "private=['gender', 'age']")
+        if self.target in self.private:
+            raise PrivatenetError(f"the private attributes include the task target "
+                                  f"{self.target!r}; protect other columns than the task")
+        check_image_size(self.image_size)
+        check_model_name(self.model)
+        self.stage_config(self.adversary_epochs)  # the same checks as the task's epochs
+        self.stage_config(self.privacy_epochs)
+        if isinstance(self.latency_repeats, bool) or not isinstance(self.latency_repeats, int) \
+                or self.latency_repeats < 2:
+            raise PrivatenetError(f"latency_repeats={self.latency_repeats!r} is invalid; give "
+                                  "an integer >= 2")
 
-    def train_config(self, epochs: int) -> TrainConfig:
-        return TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=self.lr,
-                           weight_decay=self.weight_decay, lr_decay=self.lr_decay,
-                           seed=self.seed, augment=self.augment, device=self.device)
+    def stage_config(self, epochs: int) -> TrainConfig:
+        """The task networks' optimisation settings with ``epochs`` epochs."""
+        try:
+            return replace(self.train, epochs=epochs)
+        except PrivatenetError as e:
+            raise PrivatenetError(str(e).replace("epochs=", "adversary_epochs/privacy_epochs=")
+                                  if epochs is not self.train.epochs else str(e)) from None
+
+    def to_dict(self) -> dict:
+        """Plain values (for ``config.yaml`` and ``results.json``)."""
+        return asdict(self) | {"data": str(self.data)}
 
 
 #: Named settings. ``paper`` is the paper's (arm_resnet18, 224x224, Adam 1e-3, 200 epochs,
@@ -107,16 +127,19 @@ PRESETS: dict[str, dict] = {
 
 
 def resolve_config(preset: str | None, overrides: dict) -> ProtocolConfig:
-    """A preset's settings with ``overrides`` (non-``None`` values) applied on top."""
+    """A preset's settings with ``overrides`` (non-``None`` values) applied on top. Keys are
+    :class:`ProtocolConfig` fields or :class:`TrainConfig` fields (``epochs``, ``lr``, ...)."""
     if preset is not None and preset not in PRESETS:
         raise PrivatenetError(f"preset {preset!r} is unknown; use one of {', '.join(PRESETS)}")
-    names = {f.name for f in fields(ProtocolConfig)}
-    unknown = set(overrides) - names
+    train_names = {f.name for f in fields(TrainConfig)}
+    names = {f.name for f in fields(ProtocolConfig)} - {"train"}
+    unknown = set(overrides) - names - train_names
     if unknown:
         raise PrivatenetError(f"unknown protocol setting {sorted(unknown)[0]!r}")
     values = dict(PRESETS.get(preset, {}))
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return ProtocolConfig(**values)
+    train = {"epochs": 200} | {k: values.pop(k) for k in list(values) if k in train_names}
+    return ProtocolConfig(**values, train=TrainConfig(**train))
 
 
 def _digest(key: dict) -> str:
@@ -135,7 +158,14 @@ class _Stages:
         cached = (folder / "results.json").exists()
         if self.on_stage:
             self.on_stage(name, cached)
-        result = read_json(folder / "results.json") if cached else job(folder)
+        if cached:
+            try:
+                result = read_json(folder / "results.json")
+            except PrivatenetError as e:
+                raise PrivatenetError(f"{e}; delete the stage folder {folder} and run the same "
+                                      "command again to recompute that stage") from None
+        else:
+            result = job(folder)
         self.log.append({"stage": name, "folder": str(folder.relative_to(self.out)),
                          "cached": cached})
         return result, folder, digest
@@ -154,28 +184,31 @@ def reproduce(*, config: ProtocolConfig, out: str | Path,
     ``on_stage(name, cached)`` is called as each stage starts; ``callbacks(name)`` gives the
     engine callbacks (progress bars) for a stage.
     """
+    with open_run(out, kind="reproduce", fingerprint=None, resume=True) as run:
+        return _reproduce(config, run.path, on_stage, callbacks or (lambda name: None))
+
+
+def _reproduce(config: ProtocolConfig, out: Path,
+               on_stage: Callable[[str, bool], None] | None,
+               cb: Callable[[str], Callbacks | None]) -> dict:
     from privatenet.app.report import write_report
 
-    out = Path(out)
-    cb = callbacks or (lambda name: None)
     data = load_dataset(config.data, image_size=config.image_size, cache_dir=config.cache_dir)
     data.check_columns([config.target, *config.private])
     size = image_size_of(data)
     probe = build_model(config.model, num_classes=2, image_size=size)
     taps = list(config.taps or probe.taps)
     for tap in taps:
-        if tap not in probe.taps:
-            raise PrivatenetError(f"model {config.model!r} has no tap {tap!r}; it has: "
-                                  f"{', '.join(probe.taps)}")
+        require_tap(probe, tap)
     sweep_tap = config.sweep_tap or taps[0]
     sweep_attr = config.sweep_attribute or config.private[-1]
     if sweep_tap not in taps or sweep_attr not in config.private:
         raise PrivatenetError(f"the lambda sweep on {sweep_attr!r} from {sweep_tap!r} needs that "
-                              "tap in --taps and that attribute in --private")
-    task_cfg = config.train_config(config.epochs)
-    adv_cfg = config.train_config(config.adversary_epochs)
-    priv_cfg = config.train_config(config.privacy_epochs)
-    write_yaml(out / "config.yaml", asdict(config))
+                              "tap in taps and that attribute in private")
+    task_cfg = config.train
+    adv_cfg = config.stage_config(config.adversary_epochs)
+    priv_cfg = config.stage_config(config.privacy_epochs)
+    write_yaml(out / "config.yaml", config.to_dict())
     stages = _Stages(out, on_stage)
     base = {"data": data.name, "image_size": size, "model": config.model}
 
@@ -246,15 +279,15 @@ def reproduce(*, config: ProtocolConfig, out: str | Path,
         (f"{r['loss']}/{r['tap']}/{r['attribute']}", Path(r["network"])) for r in table2]
     latency = []
     for name, folder in networks:
-        key = {"network": folder.name, "device": config.device,
+        key = {"network": folder.name, "device": config.train.device,
                "repeats": config.latency_repeats}
         res, _, _ = stages.run("latency-" + name.replace("/", "-"), key,
                                lambda d, f=folder: _latency_stage(d, f, size, config))
         latency.append({"network": name, **res})
 
     results = {
-        "config": asdict(config) | {"taps": taps, "sweep_tap": sweep_tap,
-                                    "sweep_attribute": sweep_attr},
+        "config": config.to_dict() | {"taps": taps, "sweep_tap": sweep_tap,
+                                      "sweep_attribute": sweep_attr},
         "classes": {c: data.classes[c] for c in [config.target, *config.private]},
         "utility": {"original": {k: original["utility"][k]
                                  for k in ("accuracy", "balanced_accuracy")},
@@ -269,7 +302,8 @@ def reproduce(*, config: ProtocolConfig, out: str | Path,
 
 def _latency_stage(folder: Path, network: Path, size: int, config: ProtocolConfig) -> dict:
     model, _ = load_model(network)
-    res = latency_ms(model, image_size=size, device=resolve_device(config.device),
-                     repeats=config.latency_repeats)
-    write_json(folder / "results.json", res)
+    with open_run(folder, kind="latency", fingerprint=None, resume=True) as run:
+        res = latency_ms(model, image_size=size, device=resolve_device(config.train.device),
+                         repeats=config.latency_repeats)
+        write_json(run.path / "results.json", res)
     return res

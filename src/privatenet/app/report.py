@@ -23,7 +23,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def tables_markdown(results: dict) -> str:
     """The paper's Tables 1-3 and the Fig. 2 sweep as Markdown, with the chance-corrected
-    columns of DESIGN section 5 beside the paper's. Accuracies in percent."""
+    columns of docs/design.md §5 beside the paper's. Accuracies in percent."""
     cfg, u = results["config"], results["utility"]["original_report"]
     parts = [
         f"Original network ({cfg['model']}, {cfg['target']}): accuracy {_pct(u['accuracy'])} % "
@@ -118,12 +118,13 @@ def write_report(results: dict, out: str | Path) -> None:
     out = Path(out)
     atomic_write_bytes(out / "fig2_lambda_sweep.png", plot_lambda_sweep(results))
     cfg = results["config"]
+    opt = cfg["train"]
     head = (
         "# privatenet reproduction report\n\n"
         f"Data `{cfg['data']}`, model `{cfg['model']}` at {cfg['image_size']} px, epochs "
-        f"{cfg['epochs']} (task) / {cfg['adversary_epochs']} (adversaries) / "
-        f"{cfg['privacy_epochs']} (privacy), batch {cfg['batch_size']}, lr {cfg['lr']:g}, "
-        f"seed {cfg['seed']}, privacy networks initialised from "
+        f"{opt['epochs']} (task) / {cfg['adversary_epochs']} (adversaries) / "
+        f"{cfg['privacy_epochs']} (privacy), batch {opt['batch_size']}, lr {opt['lr']:g}, "
+        f"seed {opt['seed']}, privacy networks initialised from "
         f"{'the original network' if cfg['init'] == 'original' else 'scratch'}. "
         "Every figure below was measured in this run; none is copied from the paper.\n\n")
     body = tables_markdown(results)

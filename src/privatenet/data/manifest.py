@@ -1,4 +1,4 @@
-"""Any image data set described by one CSV file (DESIGN section 4.2, ``manifest:FILE.csv``).
+"""Any image data set described by one CSV file (``docs/design.md`` §4.2, ``manifest:FILE.csv``).
 
 Format::
 
@@ -9,9 +9,10 @@ Format::
 
 ``path`` is relative to the CSV's folder (or absolute); ``split`` is ``train``, ``test`` or
 ``val``; every other column is a label column. A column whose cells are all integers has classes
-``"0"`` .. ``"max"`` and value ``v`` is class ``v``; any other column has the sorted distinct
-names of the whole file as classes, so every split uses the same indices. An empty cell is an
-unknown label (MISSING) and drops the row only where that column is used.
+``"0"`` .. ``"max"`` (at most :data:`MAX_CLASSES` of them) and value ``v`` is class ``v``; any
+other column has the sorted distinct names of the whole file as classes, so every split uses the
+same indices. An empty cell is an unknown label (MISSING) and drops the row only where that
+column is used. With ``image_size=None`` every image must have the same square size.
 """
 
 from __future__ import annotations
@@ -22,15 +23,21 @@ import re
 from pathlib import Path
 
 from privatenet.data.base import MISSING, Dataset
-from privatenet.data.cache import check_cache_dir, check_image_size, decode_splits
+from privatenet.data.cache import check_cache_dir, decode_splits
+from privatenet.data.spec import check_image_size, parse_spec
 from privatenet.errors import PrivatenetError
 
-__all__ = ["load_manifest", "SPLITS"]
+__all__ = ["load_manifest", "MAX_CLASSES", "SPLITS"]
 
 log = logging.getLogger(__name__)
 
 #: Allowed values of the ``split`` column.
 SPLITS = ("train", "test", "val")
+
+#: Most classes an integer label column may have. Integer labels are class indices and every
+#: index up to the largest becomes a class, so one mistyped label such as 1000000000 would
+#: otherwise build a billion class names; 1000 is ImageNet's class count.
+MAX_CLASSES = 1000
 
 # Integers, also as written by pandas for an integer column with gaps ("3.0").
 _INT = re.compile(r"[+-]?\d+(?:\.0*)?")
@@ -40,7 +47,8 @@ def load_manifest(
     csv_path: str | Path, *, image_size: int | None = None, cache_dir: str | Path | None = None
 ) -> Dataset:
     """Load the data set described by ``csv_path`` as a :class:`Dataset` named
-    ``manifest:<csv_path>``.
+    ``manifest:<absolute csv_path>`` (symlinks resolved; relative image paths start at the
+    folder of that resolved file), with ``spec`` set.
 
     Splits are those named in the ``split`` column; rows keep the file's order within a split and
     ``Split.ids`` holds the ``path`` cells as written. ``Dataset.classes`` holds each label
@@ -49,11 +57,14 @@ def load_manifest(
 
     Raises :class:`PrivatenetError`, one line naming the file (and line), for a missing file, a
     header without ``path``/``split`` or label columns, a row with the wrong number of cells, an
-    empty path, an unknown split, a negative integer label or a missing image.
+    empty path, an unknown split, a negative integer label or one of :data:`MAX_CLASSES` or more,
+    a missing image, or images whose size needs ``image_size`` (see
+    :func:`~privatenet.data.cache.resolve_image_size`).
     """
     if not isinstance(csv_path, (str, Path)):
         raise TypeError(f"csv_path must be a path, got {type(csv_path).__name__}")
-    csv_path = Path(csv_path)
+    spec = parse_spec(f"manifest:{csv_path}")
+    csv_path = spec.path
     image_size = check_image_size(image_size)
     check_cache_dir(cache_dir)
 
@@ -106,7 +117,7 @@ def load_manifest(
         ", ".join(f"{k} {len(v)}" for k, v in splits.items()),
         ", ".join(f"{c} ({len(classes[c])} classes)" for c in label_columns),
     )
-    return Dataset(name=f"manifest:{csv_path}", splits=splits, classes=classes)
+    return Dataset(name=str(spec), splits=splits, classes=classes, spec=spec)
 
 
 def _read_csv(csv_path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -191,6 +202,13 @@ def _encode_column(
                 raise PrivatenetError(
                     f"{csv_path} line {lineno}: {column} label {v} is negative; integer labels "
                     "are class indices 0, 1, ...; leave the cell empty for an unknown label"
+                )
+            if n >= MAX_CLASSES:
+                raise PrivatenetError(
+                    f"{csv_path} line {lineno}: {column} label {v} is above "
+                    f"{MAX_CLASSES - 1}; integer labels are class indices and every index up to "
+                    f"the largest becomes a class, at most {MAX_CLASSES}; renumber the classes "
+                    "from 0 or write class names instead"
                 )
             values.append(n)
         # Classes are every index up to the largest, so a class missing from the file still

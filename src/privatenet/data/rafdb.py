@@ -1,4 +1,4 @@
-"""RAF-DB "basic" loader (DESIGN section 4.2): emotion plus gender, age and race labels.
+"""RAF-DB "basic" loader (``docs/design.md`` §4.2): emotion plus gender, age and race labels.
 
 Layout of the root folder::
 
@@ -13,7 +13,7 @@ Attributes come from layout (a) when it exists, else from (b); without either on
 column is loaded. Every attribute is looked up by image name, never by line position, and every
 label column lives in the same :class:`~privatenet.data.base.Split` as the images, so dropping
 "unsure" gender rows drops them from every column at once (the public scripts' misalignment,
-DESIGN section 2 errata, cannot happen).
+``docs/design.md`` §2 errata, cannot happen). Class names live in :mod:`privatenet.data.labels`.
 """
 
 from __future__ import annotations
@@ -23,21 +23,16 @@ import re
 from pathlib import Path
 
 from privatenet.data.base import MISSING, Dataset
-from privatenet.data.cache import check_cache_dir, check_image_size, decode_splits
+from privatenet.data.cache import check_cache_dir, decode_splits
+
+# Re-exported: other modules import the names from here.
+from privatenet.data.labels import AGE_GROUPS, EMOTIONS, GENDERS, RACES
+from privatenet.data.spec import check_image_size, parse_spec
 from privatenet.errors import PrivatenetError
 
 __all__ = ["load_rafdb", "EMOTIONS", "GENDERS", "AGE_GROUPS", "RACES"]
 
 log = logging.getLogger(__name__)
-
-#: Emotion label L (1..7) of RAF-DB is class index L - 1 of this list.
-EMOTIONS = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
-#: Gender codes 0 and 1; code 2 ("unsure") becomes MISSING.
-GENDERS = ["male", "female"]
-#: Age codes 0..4. The paper prints "60-69" for code 3; the data set's group is 40-69.
-AGE_GROUPS = ["0-3", "4-19", "20-39", "40-69", "70+"]
-#: Race codes 0..2.
-RACES = ["caucasian", "african-american", "asian"]
 
 _GENDER_UNSURE = 2
 _SPLIT_PREFIXES = {"train_": "train", "test_": "test"}
@@ -50,7 +45,8 @@ _INT = re.compile(r"[+-]?\d+")
 def load_rafdb(
     root: str | Path, *, image_size: int | None = None, cache_dir: str | Path | None = None
 ) -> Dataset:
-    """Load the RAF-DB "basic" folder ``root`` as a :class:`Dataset` named ``rafdb:<root>``.
+    """Load the RAF-DB "basic" folder ``root`` as a :class:`Dataset` named
+    ``rafdb:<absolute root>``, with ``spec`` set.
 
     Splits ``train`` and ``test`` come from the ``train_``/``test_`` name prefix; rows keep the
     order of ``EmoLabel/list_patition_label.txt`` and ``Split.ids`` holds the names from it.
@@ -59,11 +55,13 @@ def load_rafdb(
     :func:`~privatenet.data.cache.decode_images` (``image_size``, ``cache_dir`` as there).
 
     Raises :class:`PrivatenetError`, one line naming the file (and line), for a wrong root, a
-    missing or malformed label file, an out-of-range label, a missing image or attribute.
+    missing or malformed label file, an out-of-range label, a missing image or attribute, or
+    images whose size needs ``image_size`` (see :func:`~privatenet.data.cache.resolve_image_size`).
     """
     if not isinstance(root, (str, Path)):
         raise TypeError(f"root must be a path, got {type(root).__name__}")
-    root = Path(root)
+    spec = parse_spec(f"rafdb:{root}")
+    root = spec.path
     image_size = check_image_size(image_size)
     check_cache_dir(cache_dir)
 
@@ -103,7 +101,7 @@ def load_rafdb(
         "RAF-DB %s: %s; columns %s", root,
         ", ".join(f"{k} {len(v)}" for k, v in splits.items()), ", ".join(classes),
     )
-    return Dataset(name=f"rafdb:{root}", splits=splits, classes=classes)
+    return Dataset(name=str(spec), splits=splits, classes=classes, spec=spec)
 
 
 def _stem(name: str) -> str:

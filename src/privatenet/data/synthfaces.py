@@ -51,10 +51,18 @@ import torch
 from PIL import Image, ImageDraw
 
 from privatenet.data.base import MISSING, Dataset, Split
+from privatenet.data.labels import AGE_GROUPS, EMOTIONS, GENDERS
+from privatenet.data.spec import (
+    SYNTHFACES_DEFAULTS,
+    DataSpec,
+    check_fits_in_memory,
+    check_synthfaces_options,
+    parse_spec,
+)
 from privatenet.errors import PrivatenetError
 
 __all__ = [
-    "AGES",
+    "AGE_GROUPS",
     "EMOTIONS",
     "GENDERS",
     "make_synthfaces",
@@ -62,16 +70,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-EMOTIONS = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
-GENDERS = ("male", "female")
-AGES = ("0-3", "4-19", "20-39", "40-69", "70+")
-
-_SPEC_KEYS = ("n", "size", "seed", "test_fraction")
-_DEFAULTS = {"n": 5000, "size": 64, "seed": 0}
-_MIN_N = 10
-_MIN_SIZE = 8
-_MAX_SIZE = 512
 
 # --------------------------------------------------------------------------------------------
 # Label distribution
@@ -85,7 +83,7 @@ def _load_counts() -> dict[str, np.ndarray]:
     if (
         tuple(raw["emotion_names"]) != EMOTIONS
         or tuple(raw["gender_names"][:2]) != GENDERS
-        or tuple(raw["age_names"]) != AGES
+        or tuple(raw["age_names"]) != AGE_GROUPS
     ):
         raise PrivatenetError("rafdb_label_counts.json has unexpected class names; reinstall")
     counts = {s: np.asarray(raw["counts"][s], dtype=np.float64) for s in ("train", "test")}
@@ -648,24 +646,9 @@ def _render(rng: np.random.Generator, labels: np.ndarray, size: int) -> np.ndarr
 # --------------------------------------------------------------------------------------------
 
 
-def _check_int(name: str, value: object, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise PrivatenetError(f"synthfaces {name}={value!r} is not an integer; give an integer")
-    if value < lo or (hi is not None and value > hi):
-        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-        raise PrivatenetError(f"synthfaces {name}={value!r} is out of range; give {name} {rng}")
-    return int(value)
-
-
-def _spec_name(n: int, size: int, seed: int, test_fraction: float | None) -> str:
-    name = f"synthfaces:n={n},size={size},seed={seed}"
-    if test_fraction is not None:
-        name += f",test_fraction={test_fraction:g}"
-    return name
-
-
 def make_synthfaces(
-    *, n: int = 5000, size: int = 64, seed: int = 0, test_fraction: float | None = None
+    *, n: int = SYNTHFACES_DEFAULTS["n"], size: int = SYNTHFACES_DEFAULTS["size"],
+    seed: int = SYNTHFACES_DEFAULTS["seed"], test_fraction: float | None = None
 ) -> Dataset:
     """Generate ``n`` procedurally drawn faces with emotion, gender and age labels.
 
@@ -674,33 +657,27 @@ def make_synthfaces(
     gender ``MISSING`` and mixed gender cues.
 
     Args:
-        n: total number of faces (train + test), at least 10.
-        size: image side in pixels (8..512); images are uint8 (N, 3, size, size).
+        n: total number of faces (train + test), 10..200000 (RAF-DB has 15,339).
+        size: image side in pixels (8..1024); images are uint8 (N, 3, size, size).
         seed: non-negative integer; the same seed gives identical images and labels.
         test_fraction: share of faces in the test split, in (0, 1). ``None`` uses RAF-DB's
             train/test proportions (12271/3068, i.e. 20 %).
 
     Returns:
-        A :class:`Dataset` named ``"synthfaces:n=...,size=...,seed=..."`` with splits ``train``
-        and ``test`` (ids ``synth_train_00042``) and label columns ``emotion`` (7 classes),
-        ``gender`` (male, female) and ``age`` (0-3, 4-19, 20-39, 40-69, 70+).
+        A :class:`Dataset` named ``"synthfaces:n=...,size=...,seed=..."`` (``str`` of its
+        ``spec``, ``docs/design.md`` §4.2) with splits ``train`` and ``test`` (ids
+        ``synth_train_00042``) and label columns ``emotion`` (7 classes), ``gender`` (male,
+        female) and ``age`` (0-3, 4-19, 20-39, 40-69, 70+).
 
     Raises:
-        PrivatenetError: for an invalid argument, naming it and the valid range.
+        PrivatenetError: for an invalid argument, naming it and the valid range, or if the
+            images would need more than 80 % of the machine's memory.
     """
-    n = _check_int("n", n, _MIN_N)
-    size = _check_int("size", size, _MIN_SIZE, _MAX_SIZE)
-    seed = _check_int("seed", seed, 0)
-    if test_fraction is not None:
-        if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)):
-            raise PrivatenetError(
-                f"synthfaces test_fraction={test_fraction!r} is not a number; give 0 < x < 1"
-            )
-        if not 0 < test_fraction < 1:
-            raise PrivatenetError(
-                f"synthfaces test_fraction={test_fraction!r} is out of range; give 0 < x < 1"
-            )
-        test_fraction = float(test_fraction)
+    options = check_synthfaces_options(n=n, size=size, seed=seed, test_fraction=test_fraction)
+    n, size, seed = options["n"], options["size"], options["seed"]
+    test_fraction = options.get("test_fraction")
+    spec = parse_spec("synthfaces:" + ",".join(f"{k}={v!r}" for k, v in options.items()))
+    check_fits_in_memory(n, size, what=str(spec), param="size", alternative="or a smaller n")
 
     counts = _load_counts()
     if test_fraction is None:
@@ -732,47 +709,31 @@ def make_synthfaces(
         sizes["train"], sizes["test"], size, size, time.perf_counter() - start,
     )  # fmt: skip
     return Dataset(
-        name=_spec_name(n, size, seed, test_fraction),
+        name=str(spec),
         splits=splits,
-        classes={"emotion": list(EMOTIONS), "gender": list(GENDERS), "age": list(AGES)},
+        classes={"emotion": list(EMOTIONS), "gender": list(GENDERS), "age": list(AGE_GROUPS)},
+        spec=spec,
     )
 
 
-def synthfaces_from_spec(arg: str, *, image_size: int | None = None) -> Dataset:
-    """Build the data set named by the part of a spec after ``synthfaces:``.
+def synthfaces_from_spec(spec: str | DataSpec, *, image_size: int | None = None) -> Dataset:
+    """Build the data set named by a synthfaces spec: a :class:`DataSpec`, a full string
+    (``"synthfaces:n=200,seed=3"``) or the part after ``synthfaces:`` (``"n=200,seed=3"``).
 
-    ``arg`` is comma-separated ``key=value`` with keys ``n``, ``size``, ``seed`` (integers) and
-    ``test_fraction`` (a number in (0, 1)); the empty string means all defaults
-    (n=5000, size=64, seed=0). ``image_size``, if given, draws the faces at that size instead
-    of ``size``.
+    Keys ``n``, ``size``, ``seed`` (integers) and ``test_fraction`` (a number in (0, 1)); the
+    empty string means all defaults (n=5000, size=64, seed=0). ``image_size``, if given, draws
+    the faces at that size instead of ``size`` (the result's spec then says so).
 
     Raises:
         PrivatenetError: for an unknown key, a repeated key or a bad value, naming it and the
             valid keys.
     """
-    valid = ", ".join(_SPEC_KEYS)
-    kw: dict[str, int | float] = {}
-    for item in (arg or "").split(","):
-        item = item.strip()
-        if not item:
-            continue
-        key, eq, value = item.partition("=")
-        key, value = key.strip(), value.strip()
-        if not eq or key not in _SPEC_KEYS:
-            raise PrivatenetError(
-                f"synthfaces spec item {item!r} is not key=value with a known key; "
-                f"valid keys: {valid} (e.g. synthfaces:n=5000,size=64,seed=0)"
-            )
-        if key in kw:
-            raise PrivatenetError(f"synthfaces spec repeats key {key!r}; give each key once")
-        try:
-            kw[key] = float(value) if key == "test_fraction" else int(value)
-        except ValueError:
-            kind = "a number" if key == "test_fraction" else "an integer"
-            raise PrivatenetError(
-                f"synthfaces spec value {key}={value!r} is not {kind}; give {key}=<{kind}> "
-                f"(valid keys: {valid})"
-            ) from None
+    if isinstance(spec, str) and not spec.startswith("synthfaces"):
+        spec = f"synthfaces:{spec}"
+    data_spec = parse_spec(spec)
+    if data_spec.kind != "synthfaces":
+        raise PrivatenetError(f"spec {str(data_spec)!r} is not a synthfaces spec; use load_dataset")
+    kwargs = data_spec.kwargs()
     if image_size is not None:
-        kw["size"] = image_size
-    return make_synthfaces(**kw)  # type: ignore[arg-type]
+        kwargs["size"] = image_size
+    return make_synthfaces(**kwargs)  # type: ignore[arg-type]

@@ -1,6 +1,6 @@
 """Batch transforms on decoded uint8 images, on any device, reproducible from one generator.
 
-The public ARM/RAF-DB training recipe (DESIGN section 2) transforms one PIL image at a time in
+The public ARM/RAF-DB training recipe (``docs/design.md`` §2) transforms one PIL image at a time in
 data-loader workers. Here images are decoded once (:mod:`privatenet.data.cache`) and whole
 batches are transformed with tensor operations, on the GPU when the batch is there, so data
 preparation never limits training. Every random draw comes from one ``torch.Generator``, so a

@@ -18,7 +18,8 @@ from torch import nn
 
 from privatenet.errors import PrivatenetError
 
-__all__ = ["create_model", "list_models", "model_from_config", "model_options", "register_model"]
+__all__ = ["create_model", "list_models", "model_from_config", "model_options", "register_family",
+           "register_model"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class _Entry:
 
 
 _MODELS: dict[str, _Entry] = {}
+#: Families of models named ``"<prefix>:<arch>"``: prefix -> (factory maker, valid archs).
+_FAMILIES: dict[str, tuple[Callable[[str], Callable[..., nn.Module]], Callable[[], list[str]]]] = {}
 
 
 def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | None = None,
@@ -44,6 +47,8 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | No
         if key in _MODELS and _MODELS[key].fn is not f:
             raise ValueError(f"model {key!r} is registered twice")
         params = inspect.signature(f).parameters
+        if ":" in key:
+            raise ValueError(f"model name {key!r} must not contain ':' (family prefixes)")
         if "num_classes" not in params:
             raise ValueError(f"model factory {key!r} must take a num_classes parameter")
         _MODELS[key] = _Entry(f, frozenset(tags))
@@ -52,15 +57,31 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | No
     return deco(fn) if fn is not None else deco
 
 
+def register_family(prefix: str, make_factory: Callable[[str], Callable[..., nn.Module]],
+                    archs: Callable[[], list[str]]) -> None:
+    """Register models named ``"<prefix>:<arch>"`` (e.g. ``"torchvision:mobilenet_v3_small"``):
+    ``make_factory(arch)`` returns a factory like those of :func:`register_model`, ``archs()``
+    the valid architecture names."""
+    _FAMILIES[prefix] = (make_factory, archs)
+
+
 def list_models(tag: str | None = None) -> list[str]:
     """Names of the registered models, sorted; only those carrying ``tag`` if given."""
     return sorted(k for k, e in _MODELS.items() if tag is None or tag in e.tags)
 
 
 def _entry(name: str) -> _Entry:
+    prefix, sep, arch = name.partition(":") if isinstance(name, str) else ("", "", "")
+    if sep and prefix in _FAMILIES:
+        make_factory, archs = _FAMILIES[prefix]
+        valid = archs()
+        if arch not in valid:
+            raise PrivatenetError(f"unknown {prefix} model {arch!r}; valid: {', '.join(valid)}")
+        return _Entry(make_factory(arch), frozenset())
     if not isinstance(name, str) or name not in _MODELS:
         raise PrivatenetError(
             f"unknown model {name!r}; valid models: {', '.join(list_models())}"
+            + "".join(f", {p}:<name>" for p in _FAMILIES)
         )
     return _MODELS[name]
 

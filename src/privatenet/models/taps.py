@@ -1,19 +1,97 @@
 """Named taps: intermediate outputs every model returns from ``forward_taps``.
 
-Every registry model computes its taps in its own forward code (no hooks left behind):
-``model.forward_taps(x) -> (logits, {tap: tensor})``, with the names in ``model.taps``.
+``model.forward_taps(x) -> (logits, {tap: tensor})``, with the names in ``model.taps``. The
+registry's own models compute their taps in their forward code; :func:`with_taps` gives the same
+interface to any ``nn.Module`` (a torchvision model, a user's network) through forward hooks
+that exist only for the duration of one ``forward_taps`` call.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from privatenet.errors import PrivatenetError
 
-__all__ = ["require_tap", "tap_shapes"]
+__all__ = ["TappedModel", "require_tap", "tap_shapes", "with_taps"]
+
+
+class TappedModel(nn.Module):
+    """``module`` with named taps on its layers; see :func:`with_taps`.
+
+    ``forward(x)`` is ``module(x)`` unchanged. ``forward_taps(x)`` runs the same forward with a
+    hook on each tapped layer (removed again before it returns) and gives ``(output, {tap:
+    layer output})``. The wrapped network is ``self.module``: its state dict is the
+    wrapper's without the ``module.`` prefix.
+    """
+
+    def __init__(self, module: nn.Module, taps: Mapping[str, str]) -> None:
+        super().__init__()
+        if not isinstance(module, nn.Module):
+            raise PrivatenetError(f"with_taps needs an nn.Module, got {type(module).__name__}")
+        if not isinstance(taps, Mapping) or not taps:
+            raise PrivatenetError("taps must be a non-empty mapping {tap name: layer path}, "
+                                  "e.g. {'backbone': 'layer4'}")
+        layers = dict(module.named_modules())
+        for name, path in taps.items():
+            if not isinstance(name, str) or not name:
+                raise PrivatenetError(f"tap name {name!r} must be a non-empty string")
+            if not isinstance(path, str) or not path or path not in layers:
+                top = ", ".join(n for n, _ in module.named_children())
+                raise PrivatenetError(f"tap {name!r}: {type(module).__name__} has no layer "
+                                      f"{path!r}; give a dotted path from named_modules(), "
+                                      f"e.g. one of its top-level layers: {top}")
+        self.module = module
+        self.tap_layers = dict(taps)
+        self.taps = tuple(taps)
+
+    def extra_repr(self) -> str:
+        return f"taps={self.tap_layers}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+    def forward_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        found: dict[str, torch.Tensor] = {}
+        handles = []
+
+        def hook(name: str):
+            def store(_module, _inputs, output) -> None:
+                if not isinstance(output, torch.Tensor):
+                    raise PrivatenetError(f"tap {name!r}: layer {self.tap_layers[name]!r} "
+                                          f"returns a {type(output).__name__}, not a tensor; "
+                                          "tap a layer that returns one tensor")
+                found[name] = output  # a layer called twice keeps its last output
+            return store
+
+        try:
+            for name, path in self.tap_layers.items():
+                layer = self.module.get_submodule(path)
+                handles.append(layer.register_forward_hook(hook(name)))
+            out = self.module(x)
+        finally:
+            for h in handles:
+                h.remove()
+        missing = [n for n in self.taps if n not in found]
+        if missing:
+            raise PrivatenetError(f"tap {missing[0]!r}: layer {self.tap_layers[missing[0]]!r} "
+                                  "was not called by the forward pass; tap a layer it uses")
+        return out, found
+
+
+def with_taps(model: nn.Module, taps: Mapping[str, str]) -> TappedModel:
+    """Give any ``nn.Module`` named taps: ``with_taps(resnet, {"backbone": "layer4"})``.
+
+    ``taps`` maps a tap name to a layer path as in ``model.named_modules()`` (``"layer4"``,
+    ``"features.12"``). The result's ``forward`` is the model's, unchanged;
+    ``forward_taps(x)`` returns ``(output, {tap: tensor})``, e.g. ``taps["backbone"]`` of shape
+    (N, 512, h, w) for a torchvision ResNet-18. Unknown layer paths raise at once, listing the
+    model's top-level layers.
+    """
+    return TappedModel(model, taps)
 
 
 def require_tap(model: nn.Module, tap: str) -> str:

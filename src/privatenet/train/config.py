@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import random
 from dataclasses import dataclass
 
@@ -30,19 +32,40 @@ class TrainConfig:
     eval_batch_size: int = 256
 
     def __post_init__(self) -> None:
-        checks = [
-            ("epochs", self.epochs >= 1, "an integer >= 1"),
-            ("batch_size", self.batch_size >= 2, "an integer >= 2"),
-            ("lr", self.lr > 0, "a positive number"),
-            ("weight_decay", self.weight_decay >= 0, "a number >= 0"),
-            ("lr_decay", 0 < self.lr_decay <= 1, "a number in (0, 1]"),
-            ("eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1"),
+        for name, low in (("epochs", 1), ("batch_size", 2), ("eval_batch_size", 1)):
+            value = getattr(self, name)
+            if not _is_int(value) or value < low:
+                raise PrivatenetError(f"{name}={value!r} is invalid; give an integer >= {low}")
+        if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
+            raise PrivatenetError(f"seed={self.seed!r} is invalid; give an integer in "
+                                  f"[0, {MAX_SEED}]")
+        reals = [
+            ("lr", lambda v: v > 0, "a positive number"),
+            ("weight_decay", lambda v: v >= 0, "a number >= 0"),
+            ("lr_decay", lambda v: 0 < v <= 1, "a number in (0, 1]"),
         ]
-        for name, ok, need in checks:
-            if not ok:
-                raise PrivatenetError(f"{name.replace('_', ' ')} {getattr(self, name)!r} is "
-                                      f"invalid; give {need}")
+        for name, ok, need in reals:
+            value = getattr(self, name)
+            if not _is_real(value) or not math.isfinite(value) or not ok(value):
+                raise PrivatenetError(f"{name}={value!r} is invalid; give {need}")
+        if not isinstance(self.augment, bool):
+            raise PrivatenetError(f"augment={self.augment!r} is invalid; give True or False")
+        if not isinstance(self.device, str):
+            raise PrivatenetError(f"device={self.device!r} is invalid; give auto, cpu or "
+                                  "cuda[:N]")
         resolve_device(self.device)
+
+
+#: The largest seed every generator accepts (NumPy's legacy seeding takes [0, 2**32 - 1]).
+MAX_SEED = 2**32 - 1
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -52,9 +75,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise PrivatenetError(f"device {name!r} is invalid; use auto, cpu or cuda[:N]") from None
+        raise PrivatenetError(f"device={name!r} is invalid; use auto, cpu or cuda[:N]") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PrivatenetError(f"device {name!r} requested but CUDA is not available; use cpu")
+        raise PrivatenetError(f"device={name!r} requested but CUDA is not available; use cpu")
     return dev
 
 

@@ -1,10 +1,10 @@
-"""The one training loop.
+"""The one training loop (docs/design.md §4).
 
-:func:`fit` trains a model on a target column with cross-entropy, optionally with a privacy term
-on one tap (Eq. 8) against a known adversary that is either held fixed (the paper's setting) or
-updated every step (the alternating min-max of Edwards & Storkey). :func:`fit_adversary` trains
-an adversary head on the frozen features of a model. Both run through :func:`_run_epochs`, which
-owns shuffling, learning-rate decay, checkpointing, metrics and resume.
+:func:`fit` trains a model on a target column with cross-entropy, optionally regularised by a
+:class:`~privatenet.regularizer.PrivacyRegularizer` on one tap (Eq. 8): the same object a user
+puts in their own loop. :func:`fit_adversary` trains an adversary head on frozen, precomputed
+features. Both run through :func:`_run_epochs`, which owns shuffling, learning-rate decay,
+checkpointing, metrics and resume.
 
 Determinism: the shuffle, the augmentation and dropout of epoch ``e`` draw from generators seeded
 by ``(seed, e)`` only, so a run resumed from the checkpoint of epoch ``e - 1`` repeats exactly the
@@ -13,11 +13,10 @@ computation of an uninterrupted run (on CPU).
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,49 +27,23 @@ from torch import nn
 from privatenet.data.base import Split
 from privatenet.data.transforms import augment, normalize
 from privatenet.errors import PrivatenetError
-from privatenet.losses import PRIVACY_LOSSES, privacy_loss, total_loss
+from privatenet.models.taps import require_tap
+from privatenet.regularizer import PrivacyRegularizer
 from privatenet.train.checkpoint import (
-    checkpoint_exists,
-    load_checkpoint,
     load_optimizer_state,
+    load_training_checkpoint,
     optimizer_state,
     prefixed,
-    save_checkpoint,
+    save_training_checkpoint,
+    training_checkpoint_exists,
     unprefixed,
     write_jsonl,
 )
 from privatenet.train.config import TrainConfig, autocast_for, resolve_device
 
+__all__ = ["Callbacks", "extract", "fit", "fit_adversary", "predict_features"]
+
 log = logging.getLogger(__name__)
-
-from privatenet.regularizer import ADVERSARY_UPDATES  # noqa: E402
-
-
-@dataclass
-class Privacy:
-    """The privacy term of Eq. 8 on tap ``tap`` against ``adversary`` for ``attribute``.
-
-    ``update="fixed"`` holds the (known) adversary fixed: no gradient or optimizer state reaches
-    it. ``"alternating"`` updates a copy of it each step on detached features (Edwards & Storkey).
-    """
-
-    loss: str
-    tap: str
-    attribute: str
-    lam: float
-    adversary: nn.Module
-    update: str = "fixed"
-
-    def __post_init__(self) -> None:
-        if self.loss not in PRIVACY_LOSSES:
-            raise PrivatenetError(f"privacy loss {self.loss!r} is unknown; use one of "
-                                  f"{', '.join(PRIVACY_LOSSES)}")
-        if not 0.0 <= self.lam <= 1.0:
-            raise PrivatenetError(f"lambda {self.lam!r} is outside [0, 1]; 0 is the original "
-                                  "network, 1 ignores the task")
-        if self.update not in ADVERSARY_UPDATES:
-            raise PrivatenetError(f"adversary update {self.update!r} is unknown; use one of "
-                                  f"{', '.join(ADVERSARY_UPDATES)}")
 
 
 @dataclass
@@ -79,6 +52,18 @@ class Callbacks:
 
     on_step: Callable[[int, int], None] | None = None  # (step in epoch, steps per epoch)
     on_epoch: Callable[[dict], None] | None = None  # called with the epoch's metrics record
+
+
+def _config(config: TrainConfig | None, settings: dict) -> TrainConfig:
+    """``config`` (default :class:`TrainConfig`) with ``settings`` (its field names) replaced."""
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        raise PrivatenetError(f"unknown training setting {unknown[0]!r}; valid settings: "
+                              f"{', '.join(sorted(names))}")
+    if config is not None and not isinstance(config, TrainConfig):
+        raise PrivatenetError(f"config must be a TrainConfig, got {type(config).__name__}")
+    return replace(config or TrainConfig(), **settings)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -90,15 +75,20 @@ def extract(model: nn.Module, images: torch.Tensor, *, tap: str | None = None,
             batch_size: int = 256, device: str | torch.device = "cpu") -> torch.Tensor:
     """Logits (``tap=None``) or the features of ``tap`` of ``model`` in eval mode, float32 on CPU.
 
-    Images are uint8 (N, 3, H, W); they are normalised, never augmented.
+    ``images`` (N, C, H, W): uint8 images (as privatenet's data sets hold them) are normalised
+    with the ImageNet statistics; float tensors are taken as already preprocessed. Never
+    augmented.
     """
+    if tap is not None:
+        require_tap(model, tap)
     device = torch.device(device)
+    prepare = normalize if images.dtype == torch.uint8 else (lambda t: t)
     was_training = model.training
     model.eval()
     out = []
     try:
         for i in range(0, images.shape[0], batch_size):
-            x = normalize(images[i:i + batch_size].to(device))
+            x = prepare(images[i:i + batch_size].to(device))
             with autocast_for(device):
                 if tap is None:
                     y = model(x)
@@ -133,12 +123,11 @@ def _run_epochs(*, n: int, step: Callable[[torch.Tensor, torch.Generator], dict]
     callbacks = callbacks or Callbacks()
     history: list[dict] = []
     first = 0
-    ckpt = run_dir / "checkpoint" if run_dir is not None else None
-    if ckpt is not None and checkpoint_exists(ckpt):
+    if run_dir is not None and training_checkpoint_exists(run_dir):
         if not resume:
-            raise PrivatenetError(f"{run_dir} already holds a training run; pass --resume to "
-                                  "continue it or choose another output folder")
-        tensors, meta = load_checkpoint(ckpt)
+            raise PrivatenetError(f"{run_dir} already holds a training run; pass resume=True "
+                                  "to continue it or choose another output folder")
+        tensors, meta = load_training_checkpoint(run_dir)
         if meta.get("signature") != signature:
             raise PrivatenetError(f"{run_dir} holds a run with other settings; resume it with "
                                   "the same options or choose another output folder")
@@ -179,14 +168,14 @@ def _run_epochs(*, n: int, step: Callable[[torch.Tensor, torch.Generator], dict]
                                       "lower the learning rate or the privacy weight")
             record[k] = value
         history.append(record)
-        if ckpt is not None:
+        if run_dir is not None:
             tensors, opt_meta = {}, {}
             for name, m in modules.items():
                 tensors.update(prefixed(f"module.{name}", m.state_dict()))
             for name, o in optimizers.items():
                 t, opt_meta[name] = optimizer_state(f"optim.{name}", o)
                 tensors.update(t)
-            save_checkpoint(ckpt, tensors=tensors, meta={
+            save_training_checkpoint(run_dir, tensors=tensors, meta={
                 "epoch": epoch, "history": history, "signature": signature,
                 "optimizers": opt_meta})
             write_jsonl(run_dir / "metrics.jsonl", history)
@@ -201,25 +190,38 @@ def _adam(params, config: TrainConfig) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def fit(*, model: nn.Module, train: Split, target: str, config: TrainConfig,
-        privacy: Privacy | None = None, run_dir: str | Path | None = None,
-        resume: bool = False, callbacks: Callbacks | None = None) -> list[dict]:
-    """Train ``model`` in place on ``train.labels[target]`` (plus the privacy term, if given).
+def fit(*, model: nn.Module, train: Split, target: str, config: TrainConfig | None = None,
+        regularizer: PrivacyRegularizer | None = None, tap: str | None = None,
+        private: str | None = None, run_dir: str | Path | None = None, resume: bool = False,
+        callbacks: Callbacks | None = None, **settings) -> list[dict]:
+    """Train ``model`` in place on ``train.labels[target]`` with Adam and cross-entropy, plus
+    the privacy term of ``regularizer`` on tap ``tap`` for the label column ``private``.
 
-    Rows with an unknown target (or private attribute) must already be dropped
-    (``Dataset.split(name, columns)``). Returns the per-epoch metrics history; with ``run_dir``,
-    a checkpoint and ``metrics.jsonl`` are written after every epoch and ``resume`` continues
-    from the last one.
+    ``model`` needs ``forward_taps(x) -> (logits, {tap: features})`` (every registry model, or
+    :func:`privatenet.with_taps`). ``config`` (a :class:`TrainConfig`) and ``settings`` (its
+    fields, e.g. ``epochs=5``) set the optimisation. Rows with an unknown target must already be
+    dropped (``Dataset.split(name, columns)``); an unknown private label (-1) only drops the
+    row from the privacy term. An alternating regularizer's adversary is trained in place, and
+    its weights and optimizer state are checkpointed with the model's.
+
+    Returns the per-epoch metrics history; with ``run_dir``, a checkpoint and ``metrics.jsonl``
+    are written after every epoch and ``resume=True`` continues from the last one.
     """
+    config = _config(config, settings)
     if target not in train.labels:
         raise PrivatenetError(f"the training split has no label column {target!r}")
-    if privacy is not None:
-        if privacy.attribute not in train.labels:
-            raise PrivatenetError(f"the training split has no label column "
-                                  f"{privacy.attribute!r}")
-        if privacy.tap not in model.taps:
-            raise PrivatenetError(f"model has no tap {privacy.tap!r}; it has: "
-                                  f"{', '.join(model.taps)}")
+    given = {"regularizer": regularizer, "tap": tap, "private": private}
+    if any(v is not None for v in given.values()):
+        missing = [k for k, v in given.items() if v is None]
+        if missing:
+            raise PrivatenetError(f"privacy training needs {', '.join(missing)} as well (or "
+                                  "none of regularizer, tap, private)")
+        if not isinstance(regularizer, PrivacyRegularizer):
+            raise PrivatenetError("regularizer must be a PrivacyRegularizer, got "
+                                  f"{type(regularizer).__name__}")
+        if private not in train.labels:
+            raise PrivatenetError(f"the training split has no label column {private!r}")
+        require_tap(model, tap)
     device = resolve_device(config.device)
     model.to(device)
     images = train.images.to(device)
@@ -228,49 +230,34 @@ def fit(*, model: nn.Module, train: Split, target: str, config: TrainConfig,
     optimizers = {"model": _adam(model.parameters(), config)}
     signature = {"kind": "fit", "config": asdict(config), "target": target, "n": len(train),
                  "model": getattr(model, "config", type(model).__name__)}
-    adversary = None
-    if privacy is not None:
-        # A copy: the caller's known adversary must stay the one trained on the original
-        # network, whatever happens to this one.
-        adversary = copy.deepcopy(privacy.adversary).to(device)
-        s_all = train.labels[privacy.attribute].to(device)
-        signature["privacy"] = {k: v for k, v in asdict(privacy).items() if k != "adversary"}
-        if privacy.update == "fixed":
-            adversary.eval().requires_grad_(False)
-        else:
-            modules["adversary"] = adversary
-            optimizers["adversary"] = _adam(adversary.parameters(), config)
+    if regularizer is not None:
+        regularizer.to(device)
+        s_all = train.labels[private].to(device)
+        signature["privacy"] = {"tap": tap, "attribute": private, **regularizer._settings()}
+        if regularizer.optimizer is not None:
+            modules["adversary"] = regularizer.adversary
+            optimizers["adversary"] = regularizer.optimizer
 
     def step(idx: torch.Tensor, gen: torch.Generator) -> dict:
         idx_dev = idx.to(device)
         x = images[idx_dev]
         x = augment(x, generator=gen) if config.augment else normalize(x)
         y = y_all[idx_dev]
-        logs = {}
         with autocast_for(device):
             logits, taps = model.forward_taps(x)
             ce = F.cross_entropy(logits.float(), y)
             loss = ce
-            if privacy is not None:
-                feats = taps[privacy.tap]
-                s = s_all[idx_dev]
-                if privacy.update == "alternating":
-                    adversary.eval()  # the encoder step must not move the adversary's BN stats
-                priv = privacy_loss(privacy.loss, adversary(feats), s)
-                loss = total_loss(ce, priv, privacy.lam)
-                logs["priv_loss"] = priv
+            if regularizer is not None:
+                regularizer.train()
+                loss = regularizer(ce, taps[tap], s_all[idx_dev])
         optimizers["model"].zero_grad(set_to_none=True)
         loss.backward()
         optimizers["model"].step()
-        if privacy is not None and privacy.update == "alternating":
-            adversary.train()
-            with autocast_for(device):
-                adv_ce = F.cross_entropy(adversary(feats.detach()).float(), s)
-            optimizers["adversary"].zero_grad(set_to_none=True)
-            adv_ce.backward()
-            optimizers["adversary"].step()
-            logs["adv_loss"] = adv_ce
-        logs.update(loss=loss, task_loss=ce, train_acc=(logits.argmax(1) == y).float().mean())
+        logs = {"loss": loss, "task_loss": ce, "train_acc": (logits.argmax(1) == y).float().mean()}
+        if regularizer is not None:
+            logs["priv_loss"] = regularizer.last_privacy_loss
+            if regularizer.update == "alternating" and regularizer.last_adversary_loss is not None:
+                logs["adv_loss"] = regularizer.last_adversary_loss
         return logs
 
     return _run_epochs(n=len(train), step=step, modules=modules, optimizers=optimizers,
@@ -279,30 +266,48 @@ def fit(*, model: nn.Module, train: Split, target: str, config: TrainConfig,
                        resume=resume, callbacks=callbacks)
 
 
-def fit_adversary(*, head: nn.Module, features: torch.Tensor, labels: torch.Tensor,
-                  config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False,
-                  callbacks: Callbacks | None = None) -> list[dict]:
-    """Train an adversary ``head`` in place on frozen, precomputed ``features`` (see
-    :func:`extract`) to predict ``labels``; augmentation does not apply."""
-    if features.shape[0] != labels.shape[0]:
-        raise ValueError(f"{features.shape[0]} feature rows for {labels.shape[0]} labels")
+def fit_adversary(adversary: nn.Module, features: torch.Tensor, labels: torch.Tensor, *,
+                  config: TrainConfig | None = None, run_dir: str | Path | None = None,
+                  resume: bool = False, callbacks: Callbacks | None = None,
+                  **settings) -> list[dict]:
+    """Train ``adversary`` in place to predict ``labels`` (N,) from frozen, precomputed
+    ``features`` (N, *tap_shape), e.g. from :func:`extract`; rows labelled -1 (unknown) are
+    skipped and augmentation does not apply.
+
+    ``config`` and ``settings`` (:class:`TrainConfig` fields, e.g. ``epochs=10``) set Adam and
+    the schedule; ``run_dir``/``resume`` as in :func:`fit`. Returns the per-epoch history.
+    """
+    config = _config(config, settings)
+    if not isinstance(adversary, nn.Module):
+        raise PrivatenetError(f"adversary must be an nn.Module, got {type(adversary).__name__}")
+    features, labels = torch.as_tensor(features), torch.as_tensor(labels)
+    if features.dim() < 2 or labels.dim() != 1 or features.shape[0] != labels.shape[0]:
+        raise PrivatenetError(f"features {tuple(features.shape)} and labels "
+                              f"{tuple(labels.shape)} do not match; pass (N, ...) features "
+                              "and (N,) labels")
+    known = labels != -1
+    if not bool(known.all()):
+        features, labels = features[known], labels[known]
+    if labels.numel() < 2:
+        raise PrivatenetError(f"only {labels.numel()} feature rows with a known label; an "
+                              "adversary needs at least 2")
     device = resolve_device(config.device)
-    head.to(device)
-    feats, y_all = features.to(device), labels.to(device)
-    opt = _adam(head.parameters(), config)
+    adversary.to(device)
+    feats, y_all = features.to(device), labels.long().to(device)
+    opt = _adam(adversary.parameters(), config)
     signature = {"kind": "adversary", "config": asdict(config), "n": int(labels.numel()),
-                 "head": getattr(head, "config", type(head).__name__)}
+                 "head": getattr(adversary, "config", type(adversary).__name__)}
 
     def step(idx: torch.Tensor, gen: torch.Generator) -> dict:
         idx_dev = idx.to(device)
-        logits = head(feats[idx_dev])
+        logits = adversary(feats[idx_dev])
         loss = F.cross_entropy(logits.float(), y_all[idx_dev])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         return {"loss": loss, "train_acc": (logits.argmax(1) == y_all[idx_dev]).float().mean()}
 
-    return _run_epochs(n=int(labels.numel()), step=step, modules={"head": head},
+    return _run_epochs(n=int(labels.numel()), step=step, modules={"head": adversary},
                        optimizers={"head": opt}, config=config, signature=signature,
                        run_dir=Path(run_dir) if run_dir is not None else None,
                        resume=resume, callbacks=callbacks)

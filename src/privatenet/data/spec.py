@@ -1,0 +1,341 @@
+"""Data set specs: the user's ``kind:argument`` string, parsed once into a :class:`DataSpec`.
+
+``rafdb:PATH`` (RAF-DB basic root), ``manifest:FILE.csv`` (any data set) and
+``synthfaces[:key=value,...]`` (the built-in generated faces), see ``docs/design.md`` §4.2.
+Paths become absolute and synthfaces options are validated and completed with their defaults
+here, so ``str(spec)`` is a canonical string that names the same data from any working
+directory, and a spec saved with a run reloads the same data later.
+
+This module also holds the limits every loader shares: :func:`check_image_size` and
+:func:`check_fits_in_memory`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from privatenet.errors import PrivatenetError
+
+if TYPE_CHECKING:
+    from privatenet.data.base import Dataset
+
+__all__ = [
+    "DataSpec",
+    "KINDS",
+    "MAX_IMAGE_SIZE",
+    "MEMORY_FRACTION",
+    "MIN_IMAGE_SIZE",
+    "SYNTHFACES_DEFAULTS",
+    "SYNTHFACES_MAX_N",
+    "SYNTHFACES_MIN_N",
+    "check_fits_in_memory",
+    "check_image_size",
+    "check_synthfaces_options",
+    "load_dataset",
+    "parse_spec",
+]
+
+log = logging.getLogger(__name__)
+
+#: The data set kinds a spec may name.
+KINDS = ("rafdb", "manifest", "synthfaces")
+
+#: Smallest and largest image side in pixels. Below 8 px no network of this package has a
+#: feature map left; 1024 px is far above the paper's 224 px and keeps one image at 3 MiB.
+MIN_IMAGE_SIZE = 8
+MAX_IMAGE_SIZE = 1024
+
+#: A data set whose decoded uint8 tensor needs more than this share of physical memory is
+#: refused before decoding: training needs the rest (model, batches, the OS).
+MEMORY_FRACTION = 0.8
+
+#: synthfaces options in canonical order; ``test_fraction`` is optional (None: RAF-DB's split).
+SYNTHFACES_KEYS = ("n", "size", "seed", "test_fraction")
+SYNTHFACES_DEFAULTS = {"n": 5000, "size": 64, "seed": 0}
+SYNTHFACES_MIN_N = 10
+#: synthfaces stands in for RAF-DB's 15,339 faces; 200,000 is 13 times that, enough for any
+#: scaling experiment, and stops a typo such as n=100000000 from drawing faces for hours
+#: until memory runs out.
+SYNTHFACES_MAX_N = 200_000
+
+_SPEC_HINT = "use rafdb:PATH, manifest:FILE.csv or synthfaces[:n=5000,size=64,seed=0]"
+
+
+# --------------------------------------------------------------------------------------------
+# Shared limits
+# --------------------------------------------------------------------------------------------
+
+
+def check_image_size(value: object, *, name: str = "image_size") -> int | None:
+    """Return ``value`` as an int if it is ``None`` or an integer in 8..1024, else raise.
+
+    The one image-size check of every loader, the decode cache and synthfaces. ``name`` is the
+    parameter named in the one-line :class:`PrivatenetError` (``image_size`` unless a caller
+    checks another parameter, such as synthfaces' ``size``).
+    """
+    if value is None:
+        return None
+    # bool is an Integral, but image_size=True is a mistake, not 1 pixel.
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise PrivatenetError(
+            f"{name}={value!r} is not an integer; give an integer "
+            f"{MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}"
+        )
+    if not MIN_IMAGE_SIZE <= value <= MAX_IMAGE_SIZE:
+        raise PrivatenetError(
+            f"{name}={value!r} is out of range; give an integer {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}"
+        )
+    return int(value)
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory, or ``None`` where ``os.sysconf`` cannot tell (not Linux)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+    return total if total > 0 else None
+
+
+def check_fits_in_memory(n_images: int, side: int, *, what: str, param: str = "image_size",
+                         alternative: str = "") -> None:
+    """Raise a one-line error if ``n_images`` uint8 images of 3 x ``side`` x ``side`` bytes need
+    more than 80 % of physical memory; do nothing where the memory size is unknown.
+
+    Called before decoding or drawing, so a too-large ``image_size`` fails in a second instead
+    of swapping for minutes and being killed. ``what`` names the data (a file, a spec); the
+    message suggests the largest ``param`` that fits, plus ``alternative`` if given.
+    """
+    total = physical_memory()
+    if total is None or n_images <= 0:
+        return
+    need = n_images * 3 * side * side
+    limit = int(MEMORY_FRACTION * total)
+    if need <= limit:
+        return
+    fits = math.isqrt(limit // (3 * n_images))
+    if fits >= MIN_IMAGE_SIZE:
+        fix = f"pass a smaller {param} (at most {param}={min(fits, MAX_IMAGE_SIZE)} fits)"
+    else:
+        fix = "use fewer images"
+    if alternative:
+        fix += f" {alternative}"
+    raise PrivatenetError(
+        f"{what}: {n_images} images at {side}x{side} pixels need {need / 2**30:.1f} GiB, more "
+        f"than {MEMORY_FRACTION:.0%} of this machine's {total / 2**30:.1f} GiB of memory; {fix}"
+    )
+
+
+def check_synthfaces_options(
+    *, n: object, size: object, seed: object, test_fraction: object = None
+) -> dict[str, int | float]:
+    """Validated synthfaces options as ``{"n", "size", "seed"[, "test_fraction"]}``.
+
+    ``n`` 10..200000, ``size`` 8..1024 (:func:`check_image_size`), ``seed`` >= 0 and
+    ``test_fraction`` ``None`` or a number in (0, 1). Raises a one-line error naming the option.
+    """
+    out: dict[str, int | float] = {}
+    for key, value in (("n", n), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise PrivatenetError(f"synthfaces {key}={value!r} is not an integer; give an integer")
+    if not SYNTHFACES_MIN_N <= n <= SYNTHFACES_MAX_N:
+        raise PrivatenetError(
+            f"synthfaces n={n!r} is out of range; give n {SYNTHFACES_MIN_N}..{SYNTHFACES_MAX_N} "
+            "(synthfaces stands in for RAF-DB's 15,339 faces)"
+        )
+    out["n"] = int(n)
+    if size is None:
+        raise PrivatenetError(
+            f"synthfaces size=None is not an integer; give an integer "
+            f"{MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}"
+        )
+    out["size"] = check_image_size(size, name="synthfaces size")
+    if seed < 0:
+        raise PrivatenetError(f"synthfaces seed={seed!r} is out of range; give seed >= 0")
+    out["seed"] = int(seed)
+    if test_fraction is not None:
+        if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real):
+            raise PrivatenetError(
+                f"synthfaces test_fraction={test_fraction!r} is not a number; give 0 < x < 1"
+            )
+        # NaN fails this comparison too.
+        if not 0 < test_fraction < 1:
+            raise PrivatenetError(
+                f"synthfaces test_fraction={test_fraction!r} is out of range; give 0 < x < 1"
+            )
+        out["test_fraction"] = float(test_fraction)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# DataSpec
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A parsed data set spec (``docs/design.md`` §4.2); build it with :func:`parse_spec`.
+
+    ``kind``: ``"rafdb"``, ``"manifest"`` or ``"synthfaces"``. ``path``: the absolute RAF-DB
+    root or manifest CSV (``None`` for synthfaces). ``options``: synthfaces' ``(key, value)``
+    pairs, complete and in canonical order (``n``, ``size``, ``seed``, then ``test_fraction``
+    if given), values as canonical strings; empty for the other kinds. Equal specs name the same
+    data, and ``str(spec)`` is accepted by :func:`parse_spec` again.
+    """
+
+    kind: str
+    path: Path | None = None
+    options: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        # Checked here too, so that a spec built by hand or by from_dict is as valid as a
+        # parsed one.
+        if self.kind not in KINDS:
+            raise PrivatenetError(f"unknown dataset kind {self.kind!r}; {_SPEC_HINT}")
+        if self.kind == "synthfaces":
+            if self.path is not None or self.options != _synth_options(self.options):
+                raise PrivatenetError(
+                    f"DataSpec {self.kind}:{self.options!r} is not canonical; build it with "
+                    "parse_spec('synthfaces:n=...,size=...,seed=...')"
+                )
+        elif not isinstance(self.path, Path) or not self.path.is_absolute() or self.options:
+            raise PrivatenetError(
+                f"DataSpec {self.kind} needs an absolute path and no options, got "
+                f"path={self.path!r}; build it with parse_spec('{self.kind}:PATH')"
+            )
+
+    def __str__(self) -> str:
+        if self.kind == "synthfaces":
+            return "synthfaces:" + ",".join(f"{k}={v}" for k, v in self.options)
+        return f"{self.kind}:{self.path}"
+
+    def kwargs(self) -> dict[str, int | float]:
+        """synthfaces options as typed keyword arguments of ``make_synthfaces`` ({} otherwise)."""
+        return {k: float(v) if k == "test_fraction" else int(v) for k, v in self.options}
+
+    def to_dict(self) -> dict:
+        """Plain JSON values for run metadata: ``{"kind", "path", "options"}``."""
+        return {
+            "kind": self.kind,
+            "path": None if self.path is None else str(self.path),
+            "options": dict(self.options),
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> DataSpec:
+        """The spec saved by :meth:`to_dict`, validated like a parsed string."""
+        if not isinstance(data, dict) or not isinstance(data.get("kind"), str):
+            raise PrivatenetError(
+                f"data spec {data!r} is not a dict with a 'kind'; give DataSpec.to_dict() output"
+            )
+        kind, path, options = data["kind"], data.get("path"), data.get("options") or {}
+        if not isinstance(options, dict):
+            raise PrivatenetError(f"data spec options {options!r} are not a dict; give key: value")
+        if kind == "synthfaces":
+            text = "synthfaces:" + ",".join(f"{k}={v}" for k, v in options.items())
+        else:
+            text = f"{kind}:{path or ''}"
+        return parse_spec(text)
+
+
+def parse_spec(spec: str | DataSpec) -> DataSpec:
+    """Parse ``kind:argument`` into a :class:`DataSpec` (a DataSpec is returned unchanged).
+
+    Paths become absolute (``~`` expanded, symlinks resolved) so the spec works from any working
+    directory; synthfaces options are validated (:func:`check_synthfaces_options`) and completed
+    with their defaults. Raises a one-line :class:`PrivatenetError` naming the bad part.
+    """
+    if isinstance(spec, DataSpec):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"spec must be a str or DataSpec, got {type(spec).__name__}")
+    kind, _, arg = spec.partition(":")
+    if kind not in KINDS:
+        raise PrivatenetError(f"unknown dataset spec {spec!r}; {_SPEC_HINT}")
+    if kind == "synthfaces":
+        return DataSpec(kind, None, _synth_options(_split_items(arg)))
+    if not arg.strip():
+        raise PrivatenetError(f"dataset spec {spec!r} needs a path after the colon")
+    try:
+        path = Path(arg).expanduser().resolve()
+    except (RuntimeError, OSError) as exc:  # unknown ~user, symlink loop
+        raise PrivatenetError(f"dataset spec {spec!r}: cannot resolve the path ({exc})") from None
+    return DataSpec(kind, path)
+
+
+def _split_items(arg: str) -> list[tuple[str, str]]:
+    """``"n=5, seed=1"`` -> ``[("n", "5"), ("seed", "1")]``, checking keys, not values."""
+    valid = ", ".join(SYNTHFACES_KEYS)
+    items: list[tuple[str, str]] = []
+    for item in arg.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, eq, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq or key not in SYNTHFACES_KEYS:
+            raise PrivatenetError(
+                f"synthfaces spec item {item!r} is not key=value with a known key; "
+                f"valid keys: {valid} (e.g. synthfaces:n=5000,size=64,seed=0)"
+            )
+        if any(k == key for k, _ in items):
+            raise PrivatenetError(f"synthfaces spec repeats key {key!r}; give each key once")
+        items.append((key, value))
+    return items
+
+
+def _synth_options(items) -> tuple[tuple[str, str], ...]:
+    """Validated, complete synthfaces options in canonical order and canonical strings."""
+    valid = ", ".join(SYNTHFACES_KEYS)
+    typed: dict[str, int | float] = dict(SYNTHFACES_DEFAULTS)
+    for key, value in items:
+        if key not in SYNTHFACES_KEYS:
+            raise PrivatenetError(f"synthfaces option {key!r} is unknown; valid keys: {valid}")
+        try:
+            typed[key] = float(value) if key == "test_fraction" else int(value)
+        except (TypeError, ValueError):
+            what = "a number" if key == "test_fraction" else "an integer"
+            raise PrivatenetError(
+                f"synthfaces spec value {key}={value!r} is not {what}; give {key}=<{what}> "
+                f"(valid keys: {valid})"
+            ) from None
+    checked = check_synthfaces_options(**typed)
+    # repr() of a float round-trips exactly, so str(spec) reloads the same split.
+    return tuple((k, repr(checked[k]) if k == "test_fraction" else str(checked[k]))
+                 for k in SYNTHFACES_KEYS if k in checked)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def load_dataset(spec: str | DataSpec, *, image_size: int | None = None,
+                 cache_dir: str | Path | None = None) -> Dataset:
+    """Load the data set named by ``spec`` with images decoded once to uint8 (N, 3, S, S).
+
+    ``image_size`` (``None`` or 8..1024) resizes every image to S x S once, at decode time;
+    ``None`` keeps the data set's native size, which must then be the same square size for every
+    image. ``cache_dir`` keeps decoded images on disk between runs (ignored by synthfaces, which
+    draws faster than it would load). The result's ``spec`` and ``name`` (``str(spec)``) name
+    exactly this data (for synthfaces with ``image_size``, ``size`` becomes ``image_size``).
+    """
+    data_spec = parse_spec(spec)
+    image_size = check_image_size(image_size)
+    if data_spec.kind == "rafdb":
+        from privatenet.data.rafdb import load_rafdb
+
+        return load_rafdb(data_spec.path, image_size=image_size, cache_dir=cache_dir)
+    if data_spec.kind == "manifest":
+        from privatenet.data.manifest import load_manifest
+
+        return load_manifest(data_spec.path, image_size=image_size, cache_dir=cache_dir)
+    from privatenet.data.synthfaces import synthfaces_from_spec
+
+    return synthfaces_from_spec(data_spec, image_size=image_size)

@@ -1,0 +1,253 @@
+"""Run folders: who owns an output folder, and whether a run in it may be started or resumed.
+
+Every job claims its output folder with :func:`open_run` after validating its inputs and before
+writing anything (docs/design.md §4). A claimed folder holds:
+
+* ``run.json``: the marker, written atomically when the folder is claimed (``kind``, the run's
+  ``fingerprint``, the creation time and the privatenet version);
+* ``run.lock``: an exclusive, non-blocking ``fcntl.flock`` on it is held while the run works, so
+  a second run on the same folder fails at once instead of both exiting 0 with one lost; it
+  holds the pid of the run holding it;
+* ``results.json``: written last by the caller; its presence means the run is finished.
+
+A refused claim leaves everything already in the folder as it was.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from privatenet.errors import PrivatenetError
+from privatenet.train.checkpoint import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+MARKER = "run.json"
+LOCK = "run.lock"
+RESULTS = "results.json"
+
+
+class Run:
+    """A claimed run folder, handed out by :func:`open_run` while its lock is held."""
+
+    def __init__(self, path: Path, kind: str, fingerprint: dict | None, created: bool) -> None:
+        self.path = path
+        self.kind = kind
+        self.fingerprint = fingerprint
+        self.created = created  # True when this claim wrote the marker (a new run)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run wrote ``results.json`` (it writes it last)."""
+        return (self.path / RESULTS).exists()
+
+    def results(self) -> dict:
+        """The finished run's ``results.json``."""
+        results = read_json(self.path / RESULTS)
+        if not isinstance(results, dict):
+            raise PrivatenetError(f"{self.path / RESULTS}: not a JSON object; the file is "
+                                  "corrupt (rerun in another folder)")
+        return results
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, kind={self.kind!r})"
+
+
+def _plain(fingerprint: dict) -> dict:
+    """``fingerprint`` as JSON reads it back (tuples become lists), so that it compares equal
+    to the copy stored in the marker."""
+    try:
+        return json.loads(json.dumps(fingerprint))
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"open_run fingerprint must hold plain JSON values ({e})") from None
+
+
+_MISSING = object()
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """``value`` as compact JSON, cut to ``limit`` characters, for a one-line message."""
+    text = json.dumps(value, sort_keys=True) if value is not _MISSING else "(none)"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _first_difference(stored: dict, wanted: dict) -> tuple[str, object, object] | None:
+    """The first top-level key (in ``wanted``'s order, then ``stored``'s) whose values differ."""
+    for key in [*wanted, *(k for k in stored if k not in wanted)]:
+        a, b = stored.get(key, _MISSING), wanted.get(key, _MISSING)
+        if a != b:
+            return key, a, b
+    return None
+
+
+def _is_own_leftover(name: str) -> bool:
+    """Files a claim killed half-way may leave: the lock file and a marker's temporary file."""
+    return name == LOCK or (name.startswith(f".{MARKER}.") and name.endswith(".tmp"))
+
+
+def _refuse_foreign(path: Path, kind: str) -> None:
+    """Refuse a folder without a marker unless it is empty (but for our own leftovers)."""
+    foreign = sorted(p.name for p in path.iterdir() if not _is_own_leftover(p.name))
+    if foreign:
+        raise PrivatenetError(f"{path} is not a privatenet {kind} run folder (it holds "
+                              f"{foreign[0]!r}); choose an empty or new folder")
+
+
+def _read_marker(path: Path) -> dict:
+    marker = read_json(path / MARKER)
+    if not isinstance(marker, dict) or not isinstance(marker.get("kind"), str):
+        raise PrivatenetError(f"{path / MARKER}: not a privatenet run marker; the file is "
+                              "corrupt (choose another folder)")
+    return marker
+
+
+def _check_kind(path: Path, marker: dict, kind: str) -> None:
+    if marker["kind"] != kind:
+        raise PrivatenetError(f"{path} holds a {marker['kind']!r} run, not a {kind!r} run; "
+                              "choose another folder")
+
+
+def _holder_pid(lock_path: Path) -> int | None:
+    """The pid written into the lock file by the run holding it, if that process lives."""
+    try:
+        pid = int(lock_path.read_text(encoding="ascii").strip())
+        os.kill(pid, 0)  # a pid left by a killed run is not "known"
+    except PermissionError:
+        return pid  # alive, but another user's process
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def _lock(path: Path) -> int:
+    """Open and exclusively lock ``path/run.lock`` without waiting; the open descriptor."""
+    lock_path = path / LOCK
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise PrivatenetError(f"cannot create {lock_path}: {e.strerror}; choose a writable "
+                              "folder") from None
+    try:
+        # Non-blocking: a second run must fail at once, not wait hours for the first. flock
+        # belongs to the open file description, so a second open_run in this process also
+        # conflicts.
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        pid = _holder_pid(lock_path)
+        who = f" (pid {pid})" if pid is not None else ""
+        raise PrivatenetError(f"{path} is in use by another privatenet run{who}; wait for it "
+                              "to finish or choose another folder") from None
+    except OSError as e:
+        os.close(fd)
+        raise PrivatenetError(f"cannot lock {lock_path}: {e.strerror}; choose a folder on a "
+                              "local disk") from None
+    return fd
+
+
+def _write_pid(fd: int, pid: int | None) -> None:
+    """Put ``pid`` (or nothing) into the held lock file; only so that a refused second run can
+    name the holder, so a failure to write is ignored."""
+    try:
+        os.ftruncate(fd, 0)
+        if pid is not None:
+            os.write(fd, f"{pid}\n".encode("ascii"))
+    except OSError:
+        pass
+
+
+def _claim(path: Path, kind: str, fingerprint: dict | None, resume: bool) -> bool:
+    """Apply the ownership rules with the lock held; True when this claim starts a new run."""
+    if not (path / MARKER).exists():
+        _refuse_foreign(path, kind)
+        from privatenet import __version__  # here: privatenet/__init__ imports the library
+
+        for p in path.iterdir():
+            if p.name != LOCK and _is_own_leftover(p.name):
+                p.unlink()  # the marker's temporary file from a claim killed half-way
+        try:
+            write_json(path / MARKER, {
+                "kind": kind, "fingerprint": fingerprint,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "privatenet": __version__})
+        except OSError as e:
+            raise PrivatenetError(f"cannot write {path / MARKER}: {e.strerror}; choose a "
+                                  "writable folder with free space") from None
+        log.info("claimed %s for a new %s run", path, kind)
+        return True
+    marker = _read_marker(path)
+    _check_kind(path, marker, kind)
+    finished = (path / RESULTS).exists()
+    if not resume:
+        if finished:
+            raise PrivatenetError(f"{path} holds a finished {kind} run; choose another folder")
+        raise PrivatenetError(f"{path} holds an unfinished {kind} run; pass resume=True to "
+                              "continue it or choose another folder")
+    if fingerprint is not None:
+        diff = _first_difference(marker.get("fingerprint") or {}, fingerprint)
+        if diff is not None:
+            key, was, now = diff
+            state = "a finished" if finished else "an unfinished"
+            fix = ("choose another folder" if finished else
+                   "resume it with the same inputs or choose another folder")
+            raise PrivatenetError(f"{path} holds {state} {kind} run with other {key} "
+                                  f"({_short(was)}, not {_short(now)}); {fix}")
+    log.info("resuming %s run in %s%s", kind, path, " (finished)" if finished else "")
+    return False
+
+
+@contextmanager
+def open_run(path: str | Path, *, kind: str, fingerprint: dict | None,
+             resume: bool) -> Iterator[Run]:
+    """Claim the run folder ``path`` for a run of ``kind`` and hold it for the ``with`` block.
+
+    ``path`` is created (parents too) if missing. An empty or new folder is claimed for a new
+    run; a folder already holding a ``kind`` run is only reopened with ``resume=True`` and, unless
+    ``fingerprint`` is ``None``, the same fingerprint (plain JSON values; the run's data, starting
+    network, adversary, settings, ...). A finished run (``run.finished``) reopened that way is
+    for the caller to return ``run.results()``. Every refusal is a one-line
+    :class:`PrivatenetError` and leaves the folder's files as they were.
+    """
+    if not isinstance(kind, str) or not kind:
+        raise ValueError(f"open_run kind={kind!r}; pass the job's name")
+    if isinstance(path, str) and not path.strip():
+        # Path("") is the current folder: an empty option must not write into it.
+        raise PrivatenetError("the run folder path is empty; pass the folder to write into")
+    path = Path(path)
+    if fingerprint is not None:
+        fingerprint = _plain(fingerprint)
+    try:
+        if path.exists() and not path.is_dir():
+            raise PrivatenetError(f"{path} is a file, not a folder; choose an empty or new "
+                                  "folder")
+        # Refusals that need no lock come first, so that a foreign folder never gets a lock
+        # file.
+        if path.is_dir():
+            if (path / MARKER).exists():
+                _check_kind(path, _read_marker(path), kind)
+            else:
+                _refuse_foreign(path, kind)
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PrivatenetError(f"cannot create or read run folder {path}: {e.strerror}; "
+                              "choose a writable place") from None
+    fd = _lock(path)
+    try:
+        # The checks again, under the lock: another run may have claimed the folder meanwhile.
+        created = _claim(path, kind, fingerprint, resume)
+        # Written only now: a refused claim leaves even the lock file as it was.
+        _write_pid(fd, os.getpid())
+        try:
+            yield Run(path, kind, fingerprint, created)
+        finally:
+            _write_pid(fd, None)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -1,0 +1,175 @@
+"""Runs never lose, mix or silently corrupt data: the red-team cases about output folders,
+resume provenance and locks, each reproduced through the CLI or the jobs."""
+
+import pytest
+
+from privatenet.cli import main
+
+FAST = ["--model", "small_cnn", "--epochs", "1", "--batch-size", "16", "--device", "cpu"]
+
+
+def _fails(capsys, argv, *needles):
+    """Exit 2 with one error line (after any '[cached] stage' progress lines)."""
+    capsys.readouterr()
+    code = main(argv)
+    err = [line for line in capsys.readouterr().err.strip().splitlines()
+           if not line.startswith(("[cached]", "[run]"))]
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith("privatenet: error:"), err
+    for n in needles:
+        assert n in err[0], err[0]
+    return err[0]
+
+
+def _snapshot(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+            and p.name != "run.lock"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from conftest import write_manifest
+
+    root = tmp_path_factory.mktemp("safety")
+    csv = write_manifest(root / "a", seed=0)
+    other = write_manifest(root / "b", seed=1)
+    return csv, other
+
+
+@pytest.fixture(scope="module")
+def finished(data, tmp_path_factory):
+    csv, _ = data
+    run = tmp_path_factory.mktemp("finished") / "run"
+    assert main(["train", "--data", f"manifest:{csv}", *FAST, "--out", str(run)]) == 0
+    return run
+
+
+def test_a_failed_or_refused_command_leaves_a_finished_run_as_it_was(data, finished, capsys):
+    csv, _ = data
+    before = _snapshot(finished)
+    # invalid input: refused before anything is written
+    _fails(capsys, ["train", "--data", f"manifest:{csv}", "--model", "arm_small",
+                    "--image-size", "8", "--out", str(finished)], "--image-size 8")
+    # a refused resume with other settings
+    _fails(capsys, ["train", "--data", f"manifest:{csv}", *FAST, "--lr", "0.5", "--resume",
+                    "--out", str(finished)], "finished", "settings")
+    # another command's output folder
+    _fails(capsys, ["reproduce", "--preset", "smoke", "--data", f"manifest:{csv}",
+                    "--device", "cpu", "--out", str(finished)], "'train' run")
+    _fails(capsys, ["attack", "--run", str(finished), "--tap", "pool", "--private", "gender",
+                    *FAST[2:], "--out", str(finished)], "'train' run")
+    # no --resume: a finished run is never redone or overwritten
+    _fails(capsys, ["train", "--data", f"manifest:{csv}", *FAST, "--out", str(finished)],
+           "finished")
+    assert _snapshot(finished) == before
+
+
+def test_resume_of_a_finished_run_with_the_same_options_prints_its_results(data, finished,
+                                                                           capsys):
+    csv, _ = data
+    before = _snapshot(finished)
+    capsys.readouterr()
+    assert main(["train", "--data", f"manifest:{csv}", *FAST, "--resume",
+                 "--out", str(finished)]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    assert _snapshot(finished) == before
+
+
+def test_empty_out_and_a_foreign_folder_are_refused(data, tmp_path, capsys):
+    csv, _ = data
+    _fails(capsys, ["train", "--data", f"manifest:{csv}", *FAST, "--out", ""], "empty")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    _fails(capsys, ["train", "--data", f"manifest:{csv}", *FAST, "--out", str(mine)],
+           "not a privatenet")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def _killed_train(csv, out, **privacy):
+    """A train job killed after its first epoch (of two)."""
+    from privatenet.app.jobs import train_job
+    from privatenet.data import load_dataset
+    from privatenet.train.config import TrainConfig
+    from privatenet.train.loop import Callbacks
+
+    class Killed(Exception):
+        pass
+
+    def kill(record):
+        raise Killed
+
+    with pytest.raises(Killed):
+        train_job(data=load_dataset(f"manifest:{csv}"), out=out, model="small_cnn",
+                  target="emotion", config=TrainConfig(epochs=2, batch_size=16, device="cpu"),
+                  callbacks=Callbacks(on_epoch=kill), **privacy)
+
+
+def test_resume_with_other_data_is_refused(data, tmp_path, capsys):
+    csv, other = data
+    out = tmp_path / "killed"
+    _killed_train(csv, out)
+    before = _snapshot(out)
+    _fails(capsys, ["train", "--data", f"manifest:{other}", *FAST[:2], "--epochs", "2",
+                    "--batch-size", "16", "--device", "cpu", "--resume", "--out", str(out)],
+           "unfinished", "other data")
+    assert _snapshot(out) == before
+    # the same data resumes and finishes
+    assert main(["train", "--data", f"manifest:{csv}", *FAST[:2], "--epochs", "2",
+                 "--batch-size", "16", "--device", "cpu", "--resume", "--out", str(out)]) == 0
+
+
+def test_attack_resume_with_another_network_and_privacy_resume_with_another_adversary(
+        data, finished, tmp_path, capsys):
+    csv, _ = data
+    second = tmp_path / "second"
+    assert main(["train", "--data", f"manifest:{csv}", *FAST, "--seed", "3",
+                 "--out", str(second)]) == 0
+    atk = tmp_path / "atk"
+    attack = ["attack", "--tap", "pool", "--private", "gender", *FAST[2:], "--out", str(atk)]
+    assert main([*attack, "--run", str(finished)]) == 0
+    _fails(capsys, [*attack, "--run", str(second), "--resume"], "finished", "other network")
+
+    atk2 = tmp_path / "atk2"
+    assert main(["attack", "--run", str(second), "--tap", "pool", "--private", "gender",
+                 *FAST[2:], "--out", str(atk2)]) == 0
+    out = tmp_path / "private"
+    privacy = {"loss": "confusion", "tap": "pool", "private": "gender", "lam": 0.5,
+               "update": "fixed"}
+    _killed_train(csv, out, privacy={**privacy, "adversary": str(atk)})
+    _fails(capsys, ["train", "--data", f"manifest:{csv}", *FAST[:2], "--epochs", "2",
+                    "--batch-size", "16", "--device", "cpu", "--loss", "confusion",
+                    "--tap", "pool", "--private", "gender", "--adversary", str(atk2),
+                    "--resume", "--out", str(out)], "other adversary")
+
+
+def test_a_second_run_on_a_folder_in_use_fails_at_once(data, tmp_path, capsys):
+    from privatenet.train.rundir import open_run
+
+    csv, _ = data
+    out = tmp_path / "busy"
+    with open_run(out, kind="train", fingerprint={}, resume=False):
+        _fails(capsys, ["train", "--data", f"manifest:{csv}", *FAST, "--resume",
+                        "--out", str(out)], "in use")
+
+
+def test_target_equal_to_private_is_refused(data, finished, tmp_path, capsys):
+    csv, _ = data
+    _fails(capsys, ["train", "--data", f"manifest:{csv}", *FAST, "--target", "gender",
+                    "--loss", "confusion", "--tap", "pool", "--private", "gender",
+                    "--adversary", str(tmp_path), "--out", str(tmp_path / "x")], "task target")
+    _fails(capsys, ["attack", "--run", str(finished), "--tap", "pool", "--private", "emotion",
+                    *FAST[2:], "--out", str(tmp_path / "y")], "own task")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_a_corrupt_cached_stage_says_how_to_recompute_it(data, tmp_path, capsys):
+    csv, _ = data
+    out = tmp_path / "rep"
+    argv = ["reproduce", "--preset", "smoke", "--data", f"manifest:{csv}", "--taps", "pool",
+            "--private", "gender", "--losses", "confusion", "--lambdas", "0",
+            "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0
+    stage = next((out / "stages").glob("original-*"))
+    (stage / "results.json").write_text("{ not json")
+    _fails(capsys, argv, "delete the stage folder", "original-")
