@@ -182,6 +182,8 @@ def _sub(name):
     ("image_size.png", "image_size.png"),
     ("use --batch-size", "use --batch-size"),
     ("num_classes=7, image_size=96", "num_classes=7, --image-size 96"),
+    ('other data.spec ("synthfaces:n=600,seed=0", not "synthfaces:n=600,seed=7")',
+     'other data.spec ("synthfaces:n=600,seed=0", not "synthfaces:n=600,seed=7")'),
 ])
 def test_to_flags(message, expected):
     assert to_flags(message, _sub("train")) == expected

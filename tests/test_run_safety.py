@@ -173,3 +173,18 @@ def test_a_corrupt_cached_stage_says_how_to_recompute_it(data, tmp_path, capsys)
     stage = next((out / "stages").glob("original-*"))
     (stage / "results.json").write_text("{ not json")
     _fails(capsys, argv, "delete the stage folder", "original-")
+
+
+def test_attack_finds_a_relative_manifest_of_the_run_from_another_folder(tmp_path, monkeypatch,
+                                                                         capsys):
+    from conftest import write_manifest
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    write_manifest(tmp_path / "a" / "d")
+    assert main(["train", "--data", "manifest:d/faces.csv", *FAST, "--out", "run"]) == 0
+    monkeypatch.chdir(tmp_path / "b")  # the run's relative spec was stored as an absolute path
+    assert main(["attack", "--run", "../a/run", "--tap", "pool", "--private", "gender",
+                 *FAST[2:], "--out", "atk"]) == 0
+    assert "normalised leakage" in capsys.readouterr().out

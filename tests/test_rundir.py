@@ -105,7 +105,8 @@ def test_resume_with_another_fingerprint_names_the_first_difference(tmp_path, ke
     # settings differs too, but it comes last: the message names `key`, the first difference.
     other = dict(FP, settings={"epochs": 99})
     other[key] = {"epochs": 3} if key == "settings" else "other"
-    msg = _refused(tmp_path, f"unfinished train run with other {key} ", fingerprint=other,
+    name = "settings.epochs" if key == "settings" else key  # nested keys as a dotted path
+    msg = _refused(tmp_path, f"unfinished train run with other {name} ", fingerprint=other,
                    resume=True)
     assert "resume it with the same inputs" in msg
 

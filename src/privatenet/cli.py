@@ -491,24 +491,32 @@ def to_flags(message: str, parser: argparse.ArgumentParser) -> str:
     Library errors name Python parameters: ``image_size=224`` becomes ``--image-size 224``,
     ``resume=True`` becomes ``--resume`` (``resume=False``: ``no --resume``), and a bare
     parameter name with an underscore (``batch_size``) becomes its flag. Bare names without an
-    underscore (``data``, ``seed``) are ordinary words and are left alone.
+    underscore (``data``, ``seed``) are ordinary words and are left alone, and so is anything
+    inside quotes (a data spec such as ``"synthfaces:n=600,seed=0"`` is a value, not options).
     """
+    flags = {}
     for dest, action in _options(parser).items():
         flag = next((s for s in action.option_strings if s.startswith("--")), None)
-        if flag is None:
-            continue
+        if flag is not None:
+            flags[dest] = (flag, action.nargs == 0)
+    if not flags:
+        return message
+    names = "|".join(re.escape(d) for d in sorted(flags, key=len, reverse=True))
+    pattern = re.compile(rf"""(?P<quoted>"[^"]*"|'[^']*')|(?<![\w./\\-])(?P<dest>{names})"""
+                         rf"(?:=(?P<value>{_VALUE}))?(?![\w/\\-])(?!\.\w)")
 
-        def replace(m: re.Match, flag=flag, switch=action.nargs == 0) -> str:
-            value = m.group(1)
-            if value is None:
-                return flag if "_" in m.group(0) else m.group(0)
-            if switch:
-                return flag if value == "True" else f"no {flag}"
-            return f"{flag} {value}"
+    def replace(m: re.Match) -> str:
+        if m.group("quoted") is not None:
+            return m.group(0)
+        flag, switch = flags[m.group("dest")]
+        value = m.group("value")
+        if value is None:
+            return flag if "_" in m.group("dest") else m.group(0)
+        if switch:
+            return flag if value == "True" else f"no {flag}"
+        return f"{flag} {value}"
 
-        message = re.sub(rf"(?<![\w./\\-]){re.escape(dest)}(?:=({_VALUE}))?"
-                         r"(?![\w/\\-])(?!\.\w)", replace, message)
-    return message
+    return pattern.sub(replace, message)
 
 
 def _os_message(e: OSError) -> str:

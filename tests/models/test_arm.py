@@ -161,9 +161,15 @@ def test_tap_shapes_at_other_sizes(image_size, backbone, arm):
         "backbone": (512, backbone, backbone), "arm": (arm * arm,)}
 
 
-@pytest.mark.parametrize("image_size", [64, 32, 1])
+@pytest.mark.parametrize("image_size", [64, 32])
 def test_too_small_image_size(image_size):
     with pytest.raises(PrivatenetError, match=rf"image_size={image_size}\b.*image_size >= 65"):
+        create_model("arm_resnet18", num_classes=7, image_size=image_size)
+
+
+@pytest.mark.parametrize("image_size", [1, 7, 100000])
+def test_image_size_outside_the_package_range(image_size):
+    with pytest.raises(PrivatenetError, match=rf"image_size={image_size}\b.*8.*1024"):
         create_model("arm_resnet18", num_classes=7, image_size=image_size)
 
 

@@ -54,14 +54,15 @@ def resnet_map_side(image_size: int) -> int:
     return side
 
 
-def check_image_size(model: str, image_size: Any, map_side, min_backbone_side: int = 3) -> int:
-    """Validate ``image_size`` for an ARM model; return the backbone map side.
+def arm_backbone_side(model: str, image_size: Any, map_side, min_backbone_side: int = 3) -> int:
+    """The backbone map side of an ARM model for ``image_size``, after the one image-size check
+    of the package (:func:`privatenet.data.spec.check_image_size`) and the ARM head's own
+    minimum: ``map_side(image_size)`` must be at least 3 (a 1x1 ARM map otherwise)."""
+    from privatenet.data.spec import check_image_size
 
-    ``map_side(image_size)`` gives the backbone map side; the ARM head needs at least a 3x3
-    backbone map (a 1x1 ARM map otherwise).
-    """
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise PrivatenetError(f"{model}: image_size must be a positive integer, got {image_size!r}")
+    if image_size is None:
+        raise PrivatenetError(f"{model}: image_size=None; give the input size in pixels")
+    check_image_size(image_size)
     side = map_side(image_size)
     if side < min_backbone_side:
         minimum = next(s for s in range(1, 4096) if map_side(s) >= min_backbone_side)

@@ -9,9 +9,9 @@ from torch import nn
 from privatenet.errors import PrivatenetError
 from privatenet.models.arm import (
     ARMNet,
+    arm_backbone_side,
     check_affinity,
     check_drop_rate,
-    check_image_size,
     resnet_map_side,
 )
 from privatenet.models.registry import check_num_classes, register_family, register_model
@@ -36,7 +36,7 @@ def arm_resnet18(num_classes: int, image_size: int = 224, affinity: str = "runni
     ImageNet or MS-Celeb) loaded into ``features``; nothing is downloaded.
     """
     check_num_classes(num_classes, "arm_resnet18")
-    side = check_image_size("arm_resnet18", image_size, resnet_map_side)
+    side = arm_backbone_side("arm_resnet18", image_size, resnet_map_side)
     check_affinity(affinity)
     drop_rate = check_drop_rate("arm_resnet18", drop_rate)
     features = nn.Sequential(*list(torchvision.models.resnet18().children())[:-2])
@@ -62,7 +62,7 @@ def arm_small(num_classes: int, image_size: int = 64, affinity: str = "running",
               drop_rate: float = 0.0) -> ARMNet:
     """The paper's ARM head on a small CNN: 64x64 -> 512x4x4 backbone -> 5x5 ARM map (25)."""
     check_num_classes(num_classes, "arm_small")
-    side = check_image_size("arm_small", image_size, small_map_side)
+    side = arm_backbone_side("arm_small", image_size, small_map_side)
     check_affinity(affinity)
     drop_rate = check_drop_rate("arm_small", drop_rate)
     return ARMNet(small_arm_backbone(), backbone_side=side, num_classes=num_classes,

@@ -79,11 +79,17 @@ def _short(value: object, limit: int = 60) -> str:
 
 
 def _first_difference(stored: dict, wanted: dict) -> tuple[str, object, object] | None:
-    """The first top-level key (in ``wanted``'s order, then ``stored``'s) whose values differ."""
+    """The first key (in ``wanted``'s order, then ``stored``'s) whose values differ, followed
+    into nested mappings, as a dotted path (``settings.train.lr``) with both values."""
     for key in [*wanted, *(k for k in stored if k not in wanted)]:
         a, b = stored.get(key, _MISSING), wanted.get(key, _MISSING)
-        if a != b:
-            return key, a, b
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = _first_difference(a, b)
+            if inner is not None:
+                return f"{key}.{inner[0]}", inner[1], inner[2]
+        return key, a, b
     return None
 
 
