@@ -68,6 +68,13 @@ def test_smoke_reproduce_on_a_grayscale_string_label_manifest(tmp_path, make_man
     every = {s["stage"] for s in res["stages"]}
     assert every - ran(res) == {"original", "image-gender", "image-age", "latency-original"}
 
+    # other data under the same spec (one label changed) recomputes everything
+    lines = csv.read_text().splitlines()
+    lines[1] = lines[1].replace(",angry,", ",sad,")
+    csv.write_text("\n".join(lines) + "\n")
+    res = reproduce(config=longer, out=out)
+    assert ran(res) == {s["stage"] for s in res["stages"]}
+
 
 def test_reproduce_refuses_a_folder_of_another_command(tmp_path, make_manifest):
     from privatenet.cli import main

@@ -210,7 +210,10 @@ def _reproduce(config: ProtocolConfig, out: Path,
     priv_cfg = config.stage_config(config.privacy_epochs)
     write_yaml(out / "config.yaml", config.to_dict())
     stages = _Stages(out, on_stage)
-    base = {"data": data.name, "image_size": size, "model": config.model}
+    # The data's content is part of every stage's key: replaced images or labels under the same
+    # spec recompute the stages instead of reusing numbers from other data.
+    base = {"data": data.name, "data_content": data.fingerprint(), "image_size": size,
+            "model": config.model}
 
     # Original network (utility) ---------------------------------------------------------
     orig_key = {**base, "target": config.target, "train": asdict(task_cfg)}
