@@ -230,3 +230,14 @@ def test_interrupt_advice_fits_the_command(capsys, monkeypatch, argv, resume):
     assert ("--resume" in err[0]) == resume, err[0]
     if not resume:
         assert "finished stages are kept" in err[0]
+
+
+def test_a_closed_pipe_is_not_an_error(monkeypatch, capsys):
+    import privatenet.cli as cli
+
+    def closed(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setitem(cli.COMMANDS, "data-info", closed)
+    assert cli.main(["data-info", "synthfaces"]) == 0
+    assert capsys.readouterr().err == ""

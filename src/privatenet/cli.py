@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -545,6 +546,14 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except PrivatenetError as e:
         return _fail(to_flags(str(e), _subparsers(parser)[args.command]))
+    except BrokenPipeError:
+        # The reader went away (`privatenet data-info ... | head`): not an error. Point stdout
+        # at /dev/null so that the interpreter's final flush does not fail again.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a file (captured, for instance)
+            pass
+        return 0
     except OSError as e:
         return _fail(_os_message(e))
     except KeyboardInterrupt:

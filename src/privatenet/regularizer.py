@@ -151,7 +151,7 @@ class PrivacyRegularizer(nn.Module):
         from privatenet.train.checkpoint import optimizer_state, prefixed, save_checkpoint
 
         tensors = prefixed("adversary", self.adversary.state_dict())
-        meta = {"regularizer": self._settings(), "optimizer": None}
+        meta = {"regularizer": self.settings(), "optimizer": None}
         if self.optimizer is not None:
             opt_tensors, meta["optimizer"] = optimizer_state("optim", self.optimizer)
             tensors.update(opt_tensors)
@@ -168,9 +168,9 @@ class PrivacyRegularizer(nn.Module):
 
         tensors, meta = load_checkpoint(path)
         saved = meta.get("regularizer")
-        if saved != self._settings():
+        if saved != self.settings():
             raise PrivatenetError(f"{path} holds a regularizer with settings {saved}, not "
-                                  f"{self._settings()}; build it with those settings")
+                                  f"{self.settings()}; build it with those settings")
         try:
             self.adversary.load_state_dict(unprefixed("adversary", tensors), strict=True)
         except RuntimeError as e:
@@ -180,5 +180,6 @@ class PrivacyRegularizer(nn.Module):
             load_optimizer_state("optim", self.optimizer, tensors, meta["optimizer"])
         return self
 
-    def _settings(self) -> dict:
+    def settings(self) -> dict:
+        """The settings that define this regularizer: loss, lam and update."""
         return {"loss": self.loss, "lam": self.lam, "update": self.update}

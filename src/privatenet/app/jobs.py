@@ -276,6 +276,9 @@ def import_public_job(*, checkpoint: str | Path, data: Dataset, out: str | Path,
     from privatenet.data.transforms import normalize
     from privatenet.models.public import load_public_arm_checkpoint
 
+    if not Path(checkpoint).is_file():
+        raise PrivatenetError(f"{checkpoint}: checkpoint not found; give the path of the public "
+                              ".pth file")
     check_classes(list(EMOTIONS), data, "emotion", checkpoint)
     train, test = data.split("train", ["emotion"]), data.split("test", ["emotion"])
     settings = {"job": "import", "checkpoint": str(checkpoint), "data": data.name,

@@ -233,7 +233,7 @@ def fit(*, model: nn.Module, train: Split, target: str, config: TrainConfig | No
     if regularizer is not None:
         regularizer.to(device)
         s_all = train.labels[private].to(device)
-        signature["privacy"] = {"tap": tap, "attribute": private, **regularizer._settings()}
+        signature["privacy"] = {"tap": tap, "attribute": private, **regularizer.settings()}
         if regularizer.optimizer is not None:
             modules["adversary"] = regularizer.adversary
             optimizers["adversary"] = regularizer.optimizer
