@@ -307,7 +307,7 @@ def _train_config(args):
 
 
 class _Progress:
-    """A tqdm bar per epoch, fed by the engine's callbacks."""
+    """A tqdm bar per epoch, fed by the training loop's callbacks."""
 
     def __init__(self, label: str) -> None:
         from tqdm import tqdm

@@ -182,7 +182,7 @@ def reproduce(*, config: ProtocolConfig, out: str | Path,
     ``report.md`` and the figures.
 
     ``on_stage(name, cached)`` is called as each stage starts; ``callbacks(name)`` gives the
-    engine callbacks (progress bars) for a stage.
+    training-loop callbacks (progress bars) for a stage.
     """
     with open_run(out, kind="reproduce", fingerprint=None, resume=True) as run:
         return _reproduce(config, run.path, on_stage, callbacks or (lambda name: None))
