@@ -161,7 +161,7 @@ def test_help_explains_every_option(capsys):
     parser = build_parser()
     commands = next(a for a in parser._actions
                     if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(commands) == {"train", "attack", "reproduce", "demo", "import-checkpoint",
+    assert set(commands) == {"train", "attack", "audit", "reproduce", "demo", "import-checkpoint",
                              "data-info"}
     for name, sub in [("privatenet", parser), *commands.items()]:
         for action in sub._actions:

@@ -13,10 +13,12 @@ The method in your own training loop::
     reg = pn.PrivacyRegularizer(adv, loss="confusion", lam=0.5)  # Eq. 8
     loss = reg(task_loss, taps["backbone"], private)              # -1 = unknown label
     print(pn.leakage(pred, private, num_classes=2))
+    print(pn.audit(train_feats, s_train, test_feats, s_test, num_classes=2)["worst"])
 
 See docs/design.md for the method and README.md for the command line.
 """
 
+from privatenet.audit import audit
 from privatenet.data import load_dataset
 from privatenet.errors import PrivatenetError
 from privatenet.losses import AdversarialLoss, ConfusionLoss, adversarial_loss, confusion_loss
@@ -37,6 +39,7 @@ __all__ = [
     "PrivatenetError",
     "TrainConfig",
     "adversarial_loss",
+    "audit",
     "confusion_loss",
     "create_adversary",
     "create_model",

@@ -145,6 +145,29 @@ def build_parser() -> argparse.ArgumentParser:
     _optim_args(p, epochs=10, batch_size=128)
     _out_args(p)
 
+    p = sub.add_parser("audit", help="worst-case leakage of a tap over an attacker zoo",
+                       description="Train every attacker of a zoo (logistic regression, "
+                                   "k-nearest neighbours, boosted trees, MLP) on the frozen "
+                                   "features of a tap, choosing their settings on a validation "
+                                   "part of the train split, score them once on the test split "
+                                   "and report the worst case, an online description length and "
+                                   "three controls: the task output, a randomly initialised "
+                                   "network and the image at 16x16.")
+    g = p.add_argument_group("what to audit")
+    g.add_argument("--run", required=True, help="folder of a finished 'privatenet train' run")
+    g.add_argument("--tap", required=True, help="feature tap to audit (see the model's taps)")
+    g.add_argument("--private", required=True, help="private attribute column to predict")
+    g.add_argument("--zoo", choices=("quick", "full"), default="quick",
+                   help="quick: logistic, kNN, boosted trees (default); full: also an MLP")
+    g.add_argument("--seeds", type=int, default=1,
+                   help="seeds of the validation split and the attackers (mean and std)")
+    _data_args(p, required=False)
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=0, help="seed of the random-network control")
+    g.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (feature extraction)")
+    g.add_argument("--out", required=True,
+                   help="folder to create: audit.json, audit.md, audit.png, results.json")
+
     p = sub.add_parser("reproduce", help="the paper's whole protocol: Tables 1-3 and Fig. 2",
                        description="Train the original network, attack it (Table 1), train "
                                    "privacy-preserving networks and attack them with the known "
@@ -393,6 +416,29 @@ def cmd_attack(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    from privatenet.app.jobs import audit_job, model_meta
+    from privatenet.app.report import audit_markdown
+    from privatenet.data import load_dataset
+    from privatenet.train.config import TrainConfig
+
+    meta = model_meta(args.run)
+    config = TrainConfig(seed=args.seed, device=args.device)  # checked before the data loads
+    data = load_dataset(args.data or meta["data"],
+                        image_size=args.image_size or meta.get("image_size"),
+                        cache_dir=args.cache_dir)
+
+    def on_attacker(what: str, name: str) -> None:
+        print(f"[audit] {what}: {name}", file=sys.stderr, flush=True)
+
+    result = audit_job(data=data, model_run=args.run, tap=args.tap, attribute=args.private,
+                       config=config, out=args.out, zoo=args.zoo, seeds=args.seeds,
+                       on_attacker=on_attacker)
+    print(audit_markdown(result))
+    print(f"run folder: {args.out}")
+    return 0
+
+
 def cmd_import_checkpoint(args) -> int:
     from privatenet.app.jobs import import_public_job
     from privatenet.data import load_dataset
@@ -472,7 +518,8 @@ def cmd_demo(args) -> int:
                          args.out)
 
 
-COMMANDS = {"train": cmd_train, "attack": cmd_attack, "reproduce": cmd_reproduce,
+COMMANDS = {"train": cmd_train, "attack": cmd_attack, "audit": cmd_audit,
+            "reproduce": cmd_reproduce,
             "demo": cmd_demo, "import-checkpoint": cmd_import_checkpoint,
             "data-info": cmd_data_info}
 
@@ -480,7 +527,8 @@ _RESUME = "rerun the same command with --resume to continue"
 _RERUN = ("rerun the same command to continue (finished stages are kept and a killed stage "
           "resumes)")
 #: What to tell a user who pressed Ctrl-C, by command.
-INTERRUPT_HINTS = {"train": _RESUME, "attack": _RESUME, "reproduce": _RERUN, "demo": _RERUN}
+INTERRUPT_HINTS = {"train": _RESUME, "attack": _RESUME, "reproduce": _RERUN, "demo": _RERUN,
+                   "audit": "rerun the same command to start the audit again"}
 
 # a parameter's value in a library message: a quoted string, or a word not ending in . or :
 _VALUE = r"""'[^']*'|"[^"]*"|[^\s,;)\]]*[^\s,;:.)\]]"""

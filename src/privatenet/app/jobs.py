@@ -28,9 +28,12 @@ from privatenet.models import (
 )
 from privatenet.regularizer import PrivacyRegularizer
 from privatenet.train.checkpoint import (
+    atomic_write_bytes,
+    atomic_write_text,
     checkpoint_digest,
     load_checkpoint_meta,
     load_module,
+    read_json,
     save_module,
     write_json,
     write_yaml,
@@ -298,3 +301,82 @@ def import_public_job(*, checkpoint: str | Path, data: Dataset, out: str | Path,
             "classes": list(EMOTIONS), "image_size": image_size_of(data)})
         write_json(run.path / "results.json", results)
     return results
+
+
+#: Side of the downsampled image of the audit's "image" control (the ceiling).
+AUDIT_IMAGE_SIDE = 16
+
+
+def audit_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str,
+              config: TrainConfig, out: str | Path, zoo: str = "quick", seeds: int = 1,
+              on_attacker=None) -> dict:
+    """The worst-case leakage audit (:func:`privatenet.audit.audit`) of ``tap`` of a trained
+    network for ``attribute``, with three controls: the task output (the logits a deployment
+    reveals anyway: the floor), the same tap of a randomly initialised network of the same
+    architecture, and the image itself at 16x16 pixels (the ceiling). Writes ``audit.json``,
+    ``audit.md``, ``audit.png`` and ``results.json`` (the headline, written last) into ``out``;
+    the same call again returns the finished audit."""
+    from torch.nn.functional import interpolate
+
+    from privatenet.app.report import audit_markdown, plot_audit
+    from privatenet.audit import audit, check_audit_settings
+    from privatenet.models import model_from_config
+
+    check_audit_settings(zoo=zoo, seeds=seeds)
+    net, meta = load_model(model_run)
+    require_tap(net, tap)
+    if meta.get("image_size") not in (None, image_size_of(data)):
+        raise PrivatenetError(f"{model_run} was trained on {meta['image_size']}px images, the "
+                              f"data here are {image_size_of(data)}px; pass "
+                              f"image_size={meta['image_size']}")
+    if attribute == meta.get("target"):
+        raise PrivatenetError(f"{model_run} was trained to predict {attribute!r}; audit "
+                              "another attribute than the network's own task")
+    train, test = data.split("train", [attribute]), data.split("test", [attribute])
+    settings = {"job": "audit", "data": data.name, "model_run": str(model_run), "tap": tap,
+                "attribute": attribute, "zoo": zoo, "seeds": seeds, "seed": config.seed}
+    fingerprint = {"data": data_fingerprint(data),
+                   "network": checkpoint_digest(_model_stem(model_run)),
+                   "settings": {k: v for k, v in settings.items()
+                                if k not in ("data", "model_run")}}
+    device = resolve_device(config.device)
+    bs = config.eval_batch_size
+    # An audit keeps no checkpoints: a rerun of the same command returns a finished audit and
+    # redoes an interrupted one; other inputs in the same folder are refused.
+    with open_run(out, kind="audit", fingerprint=fingerprint, resume=True) as run:
+        if run.finished:
+            return read_json(run.path / "audit.json")
+        write_yaml(run.path / "config.yaml", settings)
+        net.to(device)
+
+        def features(model, split, which):
+            return extract(model, split.images, tap=which, batch_size=bs, device=device)
+
+        seed_everything(config.seed)
+        random_net = model_from_config(net.config).to(device)
+
+        def image(split):
+            return interpolate(split.images.float() / 255.0, size=AUDIT_IMAGE_SIDE,
+                               mode="area").flatten(1)
+
+        controls = {
+            "task output": (features(net, train, None), features(net, test, None)),
+            "random network": (features(random_net, train, tap),
+                               features(random_net, test, tap)),
+            f"image {AUDIT_IMAGE_SIDE}x{AUDIT_IMAGE_SIDE}": (image(train), image(test)),
+        }
+        result = audit(features(net, train, tap), train.labels[attribute],
+                       features(net, test, tap), test.labels[attribute],
+                       num_classes=len(data.classes[attribute]), zoo=zoo, seeds=seeds,
+                       controls=controls, on_attacker=on_attacker)
+        result.update(tap=tap, attribute=attribute, classes=list(data.classes[attribute]),
+                      model_run=str(model_run), data=data.name)
+        write_json(run.path / "audit.json", result)
+        atomic_write_text(run.path / "audit.md", f"# Leakage audit: {attribute} from tap "
+                          f"{tap!r} of {model_run}\n\n" + audit_markdown(result))
+        atomic_write_bytes(run.path / "audit.png", plot_audit(result))
+        headline = {"worst": result["worst"], "controls": {
+            k: v["worst"] for k, v in result["controls"].items()},
+            "mdl": result.get("mdl"), "tap": tap, "attribute": attribute}
+        write_json(run.path / "results.json", headline)
+    return result

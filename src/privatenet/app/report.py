@@ -130,3 +130,87 @@ def write_report(results: dict, out: str | Path) -> None:
     body = tables_markdown(results)
     fig = "\n![Fig. 2: lambda sweep](fig2_lambda_sweep.png)\n"
     atomic_write_text(out / "report.md", head + body + fig)
+
+
+# ---------------------------------------------------------------- the leakage audit
+
+def _pm(r: dict, key: str, scale: float = 100.0, fmt: str = ".1f") -> str:
+    std = r.get(f"{key}_std")
+    value = format(scale * r[key], fmt)
+    return value + (f" ± {format(scale * std, fmt.lstrip('+'))}" if std else "")
+
+
+def audit_markdown(result: dict) -> str:
+    """The audit's tables: every attacker, the worst case, the description length and the
+    controls, all from ``result`` (as :func:`privatenet.audit.audit` returns it)."""
+    s = result["settings"]
+    rows = []
+    for name, r in result["attackers"].items():
+        if "skipped" in r:
+            rows.append([name, "-", "skipped: " + r["skipped"], "", "", "", "", "", ""])
+            continue
+        rows.append([name, r["input"], _pm(r, "accuracy"), _pct(r["balanced_accuracy"]),
+                     _pct(r["majority"]), _pct(r["chance"]),
+                     _pm(r, "normalized_leakage", 1.0, "+.3f"),
+                     "-" if r.get("auroc") is None else f"{r['auroc']:.3f}",
+                     "; ".join(f"{k}={v:g}" for k, v in r["seeds"][0]["chosen"].items())])
+    w = result["worst"]
+    parts = [
+        f"**Worst case over the {s['zoo']} zoo: {w['attacker']}, normalised leakage "
+        f"{w['normalized_leakage']:+.3f}** (accuracy {_pct(w['accuracy'])} %, majority "
+        f"{_pct(w['majority'])} %, 1/K {_pct(w['chance'])} %; {s['seeds']} seed(s), choices on "
+        f"a {s['val_fraction']:.0%} validation part of the train split, "
+        f"{s['n_train']} train / {s['n_test']} test rows).",
+        "",
+        _table(["attacker", "input", "accuracy %", "balanced %", "majority %", "1/K %",
+                "norm. leakage", "AUROC", "chosen (seed 0)"], rows),
+    ]
+    if "mdl" in result:
+        m = result["mdl"]
+        parts += ["", f"Online description length (logistic probe, C={m['C']:g}): "
+                      f"{m['codelength_bits']:.0f} bits against {m['uniform_bits']:.0f} for the "
+                      f"uniform code, compression {m['compression']:.2f} (1 = the features say "
+                      "nothing)."]
+    if result.get("controls"):
+        crow = [[name, c["worst"]["attacker"], _pct(c["worst"]["accuracy"]),
+                 f"{c['worst']['normalized_leakage']:+.3f}",
+                 f"{c['mdl']['compression']:.2f}" if "mdl" in c else "-"]
+                for name, c in result["controls"].items()]
+        parts += ["", "Controls (the same zoo on other features of the same images):", "",
+                  _table(["control", "worst attacker", "accuracy %", "norm. leakage",
+                          "compression"], crow)]
+    return "\n".join(parts) + "\n"
+
+
+def plot_audit(result: dict) -> bytes:
+    """Bar chart: normalised leakage per attacker (error bars: std over seeds), the controls'
+    worst cases as vertical lines."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = {k: v for k, v in result["attackers"].items() if "skipped" not in v}
+    fig, ax = plt.subplots(figsize=(6.4, 1.2 + 0.45 * len(scored)), dpi=120)
+    names = list(scored)
+    ax.barh(names, [scored[k]["normalized_leakage"] for k in names],
+            xerr=[scored[k].get("normalized_leakage_std", 0.0) for k in names],
+            color="tab:red", alpha=0.8)
+    styles = iter(["--", ":", "-.", (0, (5, 2, 1, 2))])
+    for name, c in result.get("controls", {}).items():
+        ax.axvline(c["worst"]["normalized_leakage"], color="black", lw=1, ls=next(styles, "--"),
+                   label=f"{name} (worst case)")
+    ax.axvline(0.0, color="gray", lw=0.8)
+    ax.set_xlim(min(-0.1, ax.get_xlim()[0]), 1.0)
+    ax.set_xlabel("normalised leakage (acc - majority) / (1 - majority)")
+    ax.invert_yaxis()
+    if result.get("controls"):
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=2,
+                  frameon=False)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()

@@ -3,7 +3,7 @@
 A model module registers its factory functions with :func:`register_model`; users create models
 with :func:`create_model` by name. Every model created here carries a ``config`` dict of plain
 values (``{"name": ..., "num_classes": ..., **options}``, defaults resolved) from which
-:func:`model_from_config` re-creates the same architecture; the training jobs store it in checkpoints.
+:func:`model_from_config` re-creates the same architecture; the jobs store it in checkpoints.
 """
 
 from __future__ import annotations

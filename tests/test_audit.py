@@ -1,0 +1,133 @@
+"""The leakage audit: the worst case over the attacker zoo, choices never made on test, wide
+inputs skipped with a reason, the description-length probe, and `privatenet audit`."""
+
+import json
+
+import numpy as np
+import pytest
+
+from privatenet.audit import audit, online_codelength
+from privatenet.cli import main
+from privatenet.errors import PrivatenetError
+
+
+def _data(n=400, signal=1.0, seed=0, shape=(8, 3, 3)):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    x = rng.normal(size=(n, *shape)).astype(np.float32)
+    x[:, 0] += signal * y.reshape(-1, *([1] * (len(shape) - 1)))
+    return x[:300], y[:300], x[300:], y[300:]
+
+
+def test_worst_case_finds_the_leak_and_noise_stays_near_zero():
+    xtr, ytr, xte, yte = _data(signal=1.5)
+    rng = np.random.default_rng(1)
+    result = audit(xtr, ytr, xte, yte, num_classes=2, seeds=2,
+                   controls={"noise": (rng.normal(size=(300, 5)), rng.normal(size=(100, 5)))})
+    worst = result["worst"]
+    assert worst["normalized_leakage"] == max(
+        a["normalized_leakage"] for a in result["attackers"].values())
+    assert worst["normalized_leakage"] > 0.5
+    assert result["controls"]["noise"]["worst"]["normalized_leakage"] < 0.3
+    assert result["mdl"]["compression"] > 1.2
+    assert result["controls"]["noise"]["mdl"]["compression"] < 1.1
+    for report in result["attackers"].values():
+        assert len(report["seeds"]) == 2 and 0.5 < report["auroc"] <= 1.0
+
+
+def test_choices_never_look_at_the_test_labels():
+    xtr, ytr, xte, yte = _data(signal=0.6)
+    a = audit(xtr, ytr, xte, yte, num_classes=2, mdl=False)
+    b = audit(xtr, ytr, xte, np.random.default_rng(5).permutation(yte), num_classes=2,
+              mdl=False)
+    for name in a["attackers"]:
+        assert a["attackers"][name]["seeds"][0]["chosen"] == \
+            b["attackers"][name]["seeds"][0]["chosen"]
+
+
+def test_a_too_wide_input_is_skipped_with_a_reason_or_pooled():
+    xtr, ytr, xte, yte = _data(shape=(1500,))
+    result = audit(xtr, ytr, xte, yte, num_classes=2, mdl=False)
+    assert "1500 input dimensions" in result["attackers"]["boosted_trees"]["skipped"]
+    assert result["worst"]["attacker"] in ("logistic", "knn")
+    maps = audit(*_data(shape=(128, 3, 3)), num_classes=2, mdl=False)  # 1152 wide: pooled
+    assert maps["attackers"]["boosted_trees"]["input"] == "pooled"
+
+
+def test_bad_input_is_one_line():
+    xtr, ytr, xte, yte = _data()
+    with pytest.raises(PrivatenetError, match="1 class"):
+        audit(xtr, np.zeros_like(ytr), xte, yte, num_classes=2)
+    with pytest.raises(PrivatenetError, match="zoo='huge'"):
+        audit(xtr, ytr, xte, yte, num_classes=2, zoo="huge")
+    with pytest.raises(PrivatenetError, match="feature rows"):
+        audit(xtr[:10], ytr, xte, yte, num_classes=2)
+
+
+def test_online_codelength_of_a_perfect_and_a_useless_feature():
+    y = np.random.default_rng(0).integers(0, 3, 300)
+    perfect = online_codelength(np.eye(3)[y] * 5, y, num_classes=3)
+    useless = online_codelength(np.zeros((300, 2)), y, num_classes=3)
+    assert perfect["compression"] > 3 > 1.05 > useless["compression"]
+    assert perfect["uniform_bits"] == pytest.approx(300 * np.log2(3))
+
+
+def test_cli_audit_writes_its_report_and_refuses_bad_input(tmp_path, make_manifest, capsys):
+    csv = make_manifest(tmp_path / "data", n_train=60, n_test=24)
+    run = tmp_path / "run"
+    assert main(["train", "--data", f"manifest:{csv}", "--model", "small_cnn", "--epochs", "1",
+                 "--device", "cpu", "--out", str(run)]) == 0
+    out = tmp_path / "audit"
+    assert main(["audit", "--run", str(run), "--tap", "pool", "--private", "gender",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Worst case over the quick zoo" in printed and "task output" in printed
+    saved = json.loads((out / "audit.json").read_text())
+    assert set(saved["controls"]) == {"task output", "random network", "image 16x16"}
+    assert (out / "audit.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| logistic |" in (out / "audit.md").read_text()
+    assert json.loads((out / "results.json").read_text())["worst"]["attacker"] in saved[
+        "attackers"]
+    for argv, needle in (
+            (["--tap", "arm", "--private", "gender"], "no tap 'arm'"),
+            (["--tap", "pool", "--private", "emotion"], "own task"),
+            (["--tap", "pool", "--private", "gender", "--seeds", "0"], "--seeds 0")):
+        target = tmp_path / "refused"
+        code = main(["audit", "--run", str(run), *argv, "--device", "cpu",
+                     "--out", str(target)])
+        err = [line for line in capsys.readouterr().err.splitlines()
+               if not line.startswith("[audit]")]
+        assert code == 2 and len(err) == 1 and needle in err[0], err
+        assert not target.exists()
+    # the same command again returns the finished audit; other inputs there are refused
+    before = {p: p.read_bytes() for p in out.iterdir() if p.name != "run.lock"}
+    assert main(["audit", "--run", str(run), "--tap", "pool", "--private", "gender",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    assert "Worst case" in capsys.readouterr().out
+    assert main(["audit", "--run", str(run), "--tap", "pool", "--private", "age",
+                 "--device", "cpu", "--out", str(out)]) == 2
+    assert "other settings.attribute" in capsys.readouterr().err
+    assert before == {p: p.read_bytes() for p in out.iterdir() if p.name != "run.lock"}
+
+
+def test_an_interrupted_audit_is_redone_by_the_same_command(tmp_path, make_manifest,
+                                                             monkeypatch):
+    import sys
+
+    module = sys.modules["privatenet.audit"]  # privatenet.audit is also the function's name
+    csv = make_manifest(tmp_path / "data", n_train=60, n_test=24)
+    run = tmp_path / "run"
+    assert main(["train", "--data", f"manifest:{csv}", "--model", "small_cnn", "--epochs", "1",
+                 "--device", "cpu", "--out", str(run)]) == 0
+    argv = ["audit", "--run", str(run), "--tap", "pool", "--private", "gender", "--device",
+            "cpu", "--out", str(tmp_path / "audit")]
+    real = module.audit
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "audit", interrupted)
+    assert main(argv) == 130
+    assert not (tmp_path / "audit" / "results.json").exists()
+    monkeypatch.setattr(module, "audit", real)
+    assert main(argv) == 0 and (tmp_path / "audit" / "results.json").exists()
