@@ -131,3 +131,16 @@ def test_an_interrupted_audit_is_redone_by_the_same_command(tmp_path, make_manif
     assert not (tmp_path / "audit" / "results.json").exists()
     monkeypatch.setattr(module, "audit", real)
     assert main(argv) == 0 and (tmp_path / "audit" / "results.json").exists()
+
+
+def test_torch_heads_join_the_zoo_with_epochs_chosen_on_validation():
+    from privatenet.models import create_adversary
+
+    xtr, ytr, xte, yte = _data(signal=1.5)
+    result = audit(xtr, ytr, xte, yte, num_classes=2, mdl=False, head_epochs=(2, 6),
+                   heads={"head:conv": lambda shape, n: create_adversary(
+                       "conv", tap_shape=shape, num_classes=n, width=8)})
+    head = result["attackers"]["head:conv"]
+    assert head["input"] == "map" and head["seeds"][0]["chosen"]["epochs"] in (2, 6)
+    assert head["normalized_leakage"] > 0.3 and 0.5 < head["auroc"] <= 1.0
+    assert result["settings"]["heads"] == ["head:conv"]

@@ -131,12 +131,26 @@ def _split(n: int, labels: np.ndarray, fraction: float, seed: int) -> tuple[np.n
                                   stratify=stratify))
 
 
-def _auroc(model, x: np.ndarray, y: np.ndarray) -> float | None:
+def _binary_auroc(y: np.ndarray, proba: np.ndarray | None) -> float | None:
+    """AUROC of the positive class's score for a binary attribute, else ``None``."""
     from sklearn.metrics import roc_auc_score
 
-    if len(np.unique(y)) != 2 or not hasattr(model, "predict_proba"):
+    if proba is None or len(np.unique(y)) != 2 or proba.shape[1] != 2:
         return None
-    return float(roc_auc_score(y, model.predict_proba(x)[:, 1]))
+    return float(roc_auc_score(y, proba[:, 1]))
+
+
+def _summary(view: str, runs: list[dict]) -> dict:
+    """An attacker's report: every seed's, and the mean and std of the main figures."""
+    out = {"input": view, "seeds": runs}
+    for key in ("accuracy", "balanced_accuracy", "normalized_leakage", "auroc"):
+        values = [r[key] for r in runs if r[key] is not None]
+        if values:
+            out[key] = float(np.mean(values))
+            out[f"{key}_std"] = float(np.std(values))
+    out.update(majority=runs[0]["majority"], chance=runs[0]["chance"], n=runs[0]["n"],
+               ci95=runs[0]["ci95"])
+    return out
 
 
 def _one_attacker(name: str, views_tr: dict, ytr: np.ndarray, views_te: dict, yte: np.ndarray,
@@ -163,18 +177,55 @@ def _one_attacker(name: str, views_tr: dict, ytr: np.ndarray, views_te: dict, yt
         model = _fit(family, best, seed, xtr, ytr)
         report = leakage(torch.as_tensor(model.predict(xte)), torch.as_tensor(yte),
                          num_classes=num_classes, seed=seed)
-        report["auroc"] = _auroc(model, xte, yte)
+        proba = model.predict_proba(xte) if hasattr(model, "predict_proba") else None
+        report["auroc"] = _binary_auroc(yte, proba)
         report["chosen"] = best
         runs.append(report)
-    out = {"input": view, "seeds": runs}
-    for key in ("accuracy", "balanced_accuracy", "normalized_leakage", "auroc"):
-        values = [r[key] for r in runs if r[key] is not None]
-        if values:
-            out[key] = float(np.mean(values))
-            out[f"{key}_std"] = float(np.std(values))
-    out.update(majority=runs[0]["majority"], chance=runs[0]["chance"], n=runs[0]["n"],
-               ci95=runs[0]["ci95"])
-    return out
+    return _summary(view, runs)
+
+
+def _torch_attacker(build: Callable[[tuple, int], torch.nn.Module], xtr: np.ndarray,
+                    ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray, num_classes: int,
+                    seeds: int, val_fraction: float, epochs: tuple[int, ...], device: str
+                    ) -> dict:
+    """A torch head (e.g. the paper's adversary retrained) as an attacker: the epoch count is
+    chosen on the validation part (accuracy after each epoch of ``epochs``), then the head is
+    retrained from the same initialisation on the whole train split and scored on test."""
+    from privatenet.train.config import TrainConfig
+    from privatenet.train.loop import Callbacks, fit_adversary, predict_features
+
+    ftr, fte = torch.from_numpy(xtr).float(), torch.from_numpy(xte).float()
+    ltr = torch.from_numpy(ytr)
+    runs = []
+    for seed in range(seeds):
+        fit_idx, val_idx = _split(len(ytr), ytr, val_fraction, seed)
+        config = TrainConfig(epochs=max(epochs), batch_size=128, seed=seed, augment=False,
+                             device=device)
+        torch.manual_seed(seed)
+        head = build(tuple(ftr.shape[1:]), num_classes)
+        scores: dict[int, float] = {}
+
+        def score(record, head=head, val_idx=val_idx, scores=scores):
+            if record["epoch"] in epochs:
+                pred = predict_features(head, ftr[val_idx], device=device).numpy()
+                scores[record["epoch"]] = float((pred == ytr[val_idx]).mean())
+
+        fit_adversary(head, ftr[fit_idx], ltr[fit_idx], config=config,
+                      callbacks=Callbacks(on_epoch=score))
+        best = max(epochs, key=lambda e: (scores[e], -e))
+        torch.manual_seed(seed)
+        head = build(tuple(ftr.shape[1:]), num_classes)
+        fit_adversary(head, ftr, ltr, config=config, epochs=best)
+        head.eval()
+        with torch.no_grad():
+            proba = torch.cat([head(fte[i:i + 512].to(device)).softmax(1).cpu()
+                               for i in range(0, len(fte), 512)]).numpy()
+        report = leakage(torch.as_tensor(proba.argmax(1)), torch.as_tensor(yte),
+                         num_classes=num_classes, seed=seed)
+        report["auroc"] = _binary_auroc(yte, proba)
+        report["chosen"] = {"epochs": best}
+        runs.append(report)
+    return _summary("map" if xtr.ndim > 2 else "flat", runs)
 
 
 def online_codelength(features, labels, *, num_classes: int, seed: int = 0,
@@ -236,6 +287,8 @@ def check_audit_settings(*, zoo: str, seeds: int, val_fraction: float = 0.2) -> 
 def audit(train_features, train_labels, test_features, test_labels, *, num_classes: int,
           zoo: str = "quick", seeds: int = 1, val_fraction: float = 0.2,
           controls: Mapping[str, tuple] | None = None, mdl: bool = True,
+          heads: Mapping[str, Callable[[tuple, int], torch.nn.Module]] | None = None,
+          head_epochs: tuple[int, ...] = (5, 15, 30), device: str = "cpu",
           on_attacker: Callable[[str, str], None] | None = None) -> dict:
     """Audit how much ``*_features`` (N, ...) reveal about ``*_labels`` (N,): every attacker of
     ``zoo`` (:data:`ZOOS`), ``seeds`` seeds, choices on a ``val_fraction`` part of the train
@@ -243,8 +296,11 @@ def audit(train_features, train_labels, test_features, test_labels, *, num_class
 
     ``controls``: ``{name: (train_features, test_features)}`` audited the same way (same rows
     and labels), e.g. the task output (the floor no feature defence goes below), a randomly
-    initialised network, the image. ``on_attacker(what, attacker)`` is called as each attacker
-    starts (progress). Returns ``{"attackers": {name: report}, "worst": {attacker,
+    initialised network, the image. ``heads``: ``{name: build(tap_shape, num_classes)}`` torch
+    heads (the paper's adversary retrained, a deeper head) attacking the features themselves,
+    not the controls, with the epoch count chosen among ``head_epochs`` on the validation part
+    (trained on ``device``). ``on_attacker(what, attacker)`` is called as each attacker starts
+    (progress). Returns ``{"attackers": {name: report}, "worst": {attacker,
     normalized_leakage, accuracy, ...}, "mdl": ..., "controls": {name: {...}}, "settings"}``.
     """
     check_audit_settings(zoo=zoo, seeds=seeds, val_fraction=val_fraction)
@@ -262,7 +318,7 @@ def audit(train_features, train_labels, test_features, test_labels, *, num_class
         raise PrivatenetError(f"the train split has {len(ytr)} labelled rows; an audit needs at "
                               "least 20 and 2 per class")
 
-    def run(what: str, ftr, fte) -> dict:
+    def run(what: str, ftr, fte, torch_heads: Mapping) -> dict:
         ftr, fte = _as_array(ftr, f"{what} train features"), _as_array(fte, f"{what} test "
                                                                               "features")
         if len(ftr) != len(keep_tr) or len(fte) != len(keep_te):
@@ -275,6 +331,12 @@ def audit(train_features, train_labels, test_features, test_labels, *, num_class
                 on_attacker(what, name)
             attackers[name] = _one_attacker(name, vtr, ytr, vte, yte, num_classes, seeds,
                                             val_fraction)
+        for name, build in torch_heads.items():
+            if on_attacker:
+                on_attacker(what, name)
+            attackers[name] = _torch_attacker(build, ftr[keep_tr], ytr, fte[keep_te], yte,
+                                              num_classes, seeds, val_fraction, head_epochs,
+                                              device)
         scored = {k: v for k, v in attackers.items() if "skipped" not in v}
         if not scored:
             raise PrivatenetError(f"{what}: every attacker of the {zoo} zoo was skipped "
@@ -289,9 +351,11 @@ def audit(train_features, train_labels, test_features, test_labels, *, num_class
             out["mdl"] = online_codelength(ftr[keep_tr], ytr, num_classes=num_classes)
         return out
 
-    result = run("features", train_features, test_features)
-    result["controls"] = {name: run(name, a, b) for name, (a, b) in (controls or {}).items()}
+    result = run("features", train_features, test_features, heads or {})
+    result["controls"] = {name: run(name, a, b, {}) for name, (a, b) in
+                          (controls or {}).items()}
     result["settings"] = {"zoo": zoo, "seeds": seeds, "val_fraction": val_fraction,
+                          "heads": list(heads or {}), "head_epochs": list(head_epochs),
                           "num_classes": num_classes, "n_train": int(len(ytr)),
                           "n_test": int(len(yte))}
     return result

@@ -158,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tap", required=True, help="feature tap to audit (see the model's taps)")
     g.add_argument("--private", required=True, help="private attribute column to predict")
     g.add_argument("--zoo", choices=("quick", "full"), default="quick",
-                   help="quick: logistic, kNN, boosted trees (default); full: also an MLP")
+                   help="quick: logistic, kNN, boosted trees (default); full: also an MLP, "
+                        "the model's adversary head for this tap retrained and a deeper conv "
+                        "head on maps (epochs chosen on the validation part)")
     g.add_argument("--seeds", type=int, default=1,
                    help="seeds of the validation split and the attackers (mean and std)")
     _data_args(p, required=False)

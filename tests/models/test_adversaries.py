@@ -80,7 +80,7 @@ def test_average_pooling_is_spatial_mean():
 @pytest.mark.parametrize("kind", ADVERSARY_KINDS)
 def test_config_round_trip(kind):
     torch.manual_seed(0)
-    shape = (512, 4, 4) if kind in ("arm_fc", "linear", "mlp") else (25,)
+    shape = (512, 4, 4) if kind in ("arm_fc", "linear", "mlp", "conv") else (25,)
     adv = create_adversary(kind, tap_shape=shape, num_classes=4)
     config = json.loads(json.dumps(adv.config))
     assert config["kind"] == kind and config["tap_shape"] == list(shape)
@@ -156,3 +156,10 @@ def test_num_classes_and_input_errors():
         adv(torch.randn(3, 8, 3, 3))
     with pytest.raises(PrivatenetError, match="adversary config"):
         adversary_from_config({"kind": "mlp"})
+
+
+def test_conv_head_reads_maps_only():
+    head = create_adversary("conv", tap_shape=(16, 5, 5), num_classes=3, width=8)
+    assert head(torch.randn(4, 16, 5, 5)).shape == (4, 3)
+    with pytest.raises(PrivatenetError, match="map"):
+        create_adversary("conv", tap_shape=(25,), num_classes=3)

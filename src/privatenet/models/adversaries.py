@@ -8,6 +8,9 @@ Kinds (:func:`create_adversary`):
 - ``fc``: the paper's head on the ARM vector: Linear(D, K) on the flattened tap.
 - ``linear``: Linear on the tap, global-average-pooled (maps, default) or flattened.
 - ``mlp``: Linear(D, hidden) - ReLU - Linear(hidden, K), same input handling as ``linear``.
+- ``conv``: a deeper head on spatial maps (C, H, W): two 3x3 conv-BN-ReLU layers of ``width``
+  channels, global average pool, Linear(width, K); it sees spatial patterns the pooled heads
+  cannot.
 
 Every adversary has ``config`` (plain values) and is re-created by :func:`adversary_from_config`.
 """
@@ -33,7 +36,7 @@ __all__ = [
     "default_adversary",
 ]
 
-ADVERSARY_KINDS = ("arm_fc", "fc", "linear", "mlp")
+ADVERSARY_KINDS = ("arm_fc", "fc", "linear", "mlp", "conv")
 POOLS = ("avg", "flatten")
 
 # options of each kind and their defaults (None: decided from the tap shape)
@@ -42,6 +45,7 @@ _OPTIONS: dict[str, dict[str, Any]] = {
     "fc": {},
     "linear": {"pool": None},
     "mlp": {"pool": None, "hidden": 256},
+    "conv": {"width": 128},
 }
 
 
@@ -92,7 +96,8 @@ def create_adversary(kind: str, *, tap_shape: tuple[int, ...], num_classes: int,
     and predicting ``num_classes`` private classes.
 
     Options: ``arm_fc``: ``affinity`` ("running"); ``linear``: ``pool`` ("avg" for maps,
-    "flatten"); ``mlp``: ``pool`` and ``hidden`` (256). Bad kinds, shapes or options raise
+    "flatten"); ``mlp``: ``pool`` and ``hidden`` (256); ``conv``: ``width`` (128, maps only).
+    Bad kinds, shapes or options raise
     :class:`PrivatenetError`.
     """
     if kind not in _OPTIONS:
@@ -110,7 +115,20 @@ def create_adversary(kind: str, *, tap_shape: tuple[int, ...], num_classes: int,
     check_num_classes(num_classes, f"adversary {kind!r}")
     opts = {**valid, **options}
 
-    if kind == "arm_fc":
+    if kind == "conv":
+        width = opts["width"]
+        if len(shape) != 3 or isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise PrivatenetError(
+                f"adversary 'conv' reads a map (C, H, W) with an integer width >= 1, got tap "
+                f"shape {shape} and width={width!r}; use 'mlp' for vector taps"
+            )
+        model: nn.Module = nn.Sequential(
+            nn.Conv2d(shape[0], width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
+    elif kind == "arm_fc":
         if len(shape) != 3 or shape[0] != ARM_IN_CHANNELS or shape[1] != shape[2] or shape[1] < 3:
             raise PrivatenetError(
                 f"adversary 'arm_fc' reads a backbone map of shape ({ARM_IN_CHANNELS}, m, m) "
