@@ -365,18 +365,17 @@ def audit_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str,
                                features(random_net, test, tap)),
             f"image {AUDIT_IMAGE_SIDE}x{AUDIT_IMAGE_SIDE}": (image(train), image(test)),
         }
+        train_feats, test_feats = features(net, train, tap), features(net, test, tap)
         heads = {}
-        if zoo == "full":  # the paper's head for this tap retrained, and a deeper one on maps
-            taps_shape = tuple(features(net, test.subset(torch.arange(1)), tap).shape[1:])
+        if zoo == "full":  # the model's head for this tap retrained, and a deeper one on maps
             kinds = [default_adversary(net.config["name"], tap)] + (
-                ["conv"] if len(taps_shape) == 3 else [])
+                ["conv"] if train_feats.dim() == 4 else [])
             heads = {f"head:{k}": (lambda shape, n, k=k: create_adversary(
                 k, tap_shape=shape, num_classes=n)) for k in dict.fromkeys(kinds)}
-        result = audit(features(net, train, tap), train.labels[attribute],
-                       features(net, test, tap), test.labels[attribute],
-                       num_classes=len(data.classes[attribute]), zoo=zoo, seeds=seeds,
-                       controls=controls, heads=heads, device=str(device),
-                       on_attacker=on_attacker)
+        result = audit(train_feats, train.labels[attribute], test_feats,
+                       test.labels[attribute], num_classes=len(data.classes[attribute]),
+                       zoo=zoo, seeds=seeds, controls=controls, heads=heads,
+                       device=str(device), on_attacker=on_attacker)
         result.update(tap=tap, attribute=attribute, classes=list(data.classes[attribute]),
                       model_run=str(model_run), data=data.name)
         write_json(run.path / "audit.json", result)
