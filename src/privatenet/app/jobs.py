@@ -218,12 +218,10 @@ def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config
     return results
 
 
-def attack_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str,
-               config: TrainConfig, out: str | Path, head: str | None = None,
-               resume: bool = False, callbacks: Callbacks | None = None) -> dict:
-    """Train an adversary head on the frozen ``tap`` features of a trained network to predict
-    ``attribute``; evaluate it on the test split (the leakage report of docs/design.md §5).
-    A resumed attack must name the same data, network and settings."""
+def _attacked_network(model_run: str | Path, data: Dataset, tap: str, attribute: str,
+                      verb: str) -> tuple[torch.nn.Module, dict, Split, Split]:
+    """The trained network of ``model_run`` and the train/test splits with ``attribute``, after
+    checking the tap, the image size and that the attribute is not the network's own task."""
     net, meta = load_model(model_run)
     require_tap(net, tap)
     if meta.get("image_size") not in (None, image_size_of(data)):
@@ -231,9 +229,18 @@ def attack_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str
                               f"data here are {image_size_of(data)}px; pass "
                               f"image_size={meta['image_size']}")
     if attribute == meta.get("target"):
-        raise PrivatenetError(f"{model_run} was trained to predict {attribute!r}; attack "
+        raise PrivatenetError(f"{model_run} was trained to predict {attribute!r}; {verb} "
                               "another attribute than the network's own task")
-    train, test = data.split("train", [attribute]), data.split("test", [attribute])
+    return net, meta, data.split("train", [attribute]), data.split("test", [attribute])
+
+
+def attack_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str,
+               config: TrainConfig, out: str | Path, head: str | None = None,
+               resume: bool = False, callbacks: Callbacks | None = None) -> dict:
+    """Train an adversary head on the frozen ``tap`` features of a trained network to predict
+    ``attribute``; evaluate it on the test split (the leakage report of docs/design.md §5).
+    A resumed attack must name the same data, network and settings."""
+    net, meta, train, test = _attacked_network(model_run, data, tap, attribute, "attack")
     head = head or default_adversary(net.config["name"], tap)
     settings = {"job": "attack", "data": data.name, "model_run": str(model_run), "tap": tap,
                 "attribute": attribute, "head": head, "train": asdict(config)}
@@ -323,16 +330,7 @@ def audit_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str,
     from privatenet.models import model_from_config
 
     check_audit_settings(zoo=zoo, seeds=seeds)
-    net, meta = load_model(model_run)
-    require_tap(net, tap)
-    if meta.get("image_size") not in (None, image_size_of(data)):
-        raise PrivatenetError(f"{model_run} was trained on {meta['image_size']}px images, the "
-                              f"data here are {image_size_of(data)}px; pass "
-                              f"image_size={meta['image_size']}")
-    if attribute == meta.get("target"):
-        raise PrivatenetError(f"{model_run} was trained to predict {attribute!r}; audit "
-                              "another attribute than the network's own task")
-    train, test = data.split("train", [attribute]), data.split("test", [attribute])
+    net, meta, train, test = _attacked_network(model_run, data, tap, attribute, "audit")
     settings = {"job": "audit", "data": data.name, "model_run": str(model_run), "tap": tap,
                 "attribute": attribute, "zoo": zoo, "seeds": seeds, "seed": config.seed}
     fingerprint = {"data": data_fingerprint(data),

@@ -21,6 +21,19 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes; the figure is closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def tables_markdown(results: dict) -> str:
     """The paper's Tables 1-3 and the Fig. 2 sweep as Markdown, with the chance-corrected
     columns of docs/design.md §5 beside the paper's. Accuracies in percent."""
@@ -76,7 +89,6 @@ def tables_markdown(results: dict) -> str:
 def plot_lambda_sweep(results: dict) -> bytes:
     """Fig. 2: utility, known and unknown adversary accuracy against lambda (PNG bytes), with
     the ideal lines dashed: the original utility, and 1/K and the majority rate for privacy."""
-    import io
 
     import matplotlib
 
@@ -106,11 +118,7 @@ def plot_lambda_sweep(results: dict) -> bytes:
     ax.set_ylim(0, 100)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2,
               frameon=False)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
 
 
 def write_report(results: dict, out: str | Path) -> None:
@@ -185,7 +193,6 @@ def audit_markdown(result: dict) -> str:
 def plot_audit(result: dict) -> bytes:
     """Bar chart: normalised leakage per attacker (error bars: std over seeds), the controls'
     worst cases as vertical lines."""
-    import io
 
     import matplotlib
 
@@ -209,8 +216,4 @@ def plot_audit(result: dict) -> bytes:
     if result.get("controls"):
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=2,
                   frameon=False)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
