@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from privatenet.data.base import MISSING
 from privatenet.errors import PrivatenetError
 from privatenet.metrics import leakage
 
@@ -305,7 +306,7 @@ def audit(train_features, train_labels, test_features, test_labels, *, num_class
     """
     check_audit_settings(zoo=zoo, seeds=seeds, val_fraction=val_fraction)
     ytr, yte = _as_array(train_labels, "train labels"), _as_array(test_labels, "test labels")
-    keep_tr, keep_te = ytr != -1, yte != -1
+    keep_tr, keep_te = ytr != MISSING, yte != MISSING
     ytr, yte = ytr[keep_tr].astype(np.int64), yte[keep_te].astype(np.int64)
     classes = np.unique(ytr)
     if len(classes) < 2:

@@ -15,13 +15,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from privatenet.data.base import MISSING
 from privatenet.errors import PrivatenetError
+from privatenet.models.registry import check_num_classes
 
 __all__ = ["ConfusionMatrix", "Leakage", "bootstrap_ci", "classification_scores", "leakage",
            "majority_rate", "normalized_leakage", "robustness"]
-
-#: A target of this value is an unknown label (as in the data sets); such rows are skipped.
-UNKNOWN = -1
 
 
 def _labels(pred, target, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,7 +36,7 @@ def _labels(pred, target, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]
     if pred.shape != target.shape:
         raise PrivatenetError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ "
                               "in length; pass one prediction per target")
-    keep = target != UNKNOWN
+    keep = target != MISSING  # an unknown label is skipped
     pred, target = pred[keep], target[keep]
     for name, t in (("pred", pred), ("target", target)):
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
@@ -47,17 +46,11 @@ def _labels(pred, target, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]
     return pred, target
 
 
-def _check_num_classes(num_classes: int) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise PrivatenetError(f"num_classes={num_classes!r} is invalid; give an integer >= 2")
-    return num_classes
-
-
 class ConfusionMatrix:
     """Accumulates a K x K confusion matrix (rows: true class) with ``update``/``compute``."""
 
     def __init__(self, num_classes: int) -> None:
-        self.num_classes = _check_num_classes(num_classes)
+        self.num_classes = check_num_classes(num_classes, "ConfusionMatrix")
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.long)
 
     def update(self, pred, target) -> None:
@@ -129,7 +122,7 @@ class Leakage:
     """
 
     def __init__(self, *, num_classes: int, n_boot: int = 1000, seed: int = 0) -> None:
-        self.num_classes = _check_num_classes(num_classes)
+        self.num_classes = check_num_classes(num_classes, "Leakage")
         if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
             raise PrivatenetError(f"n_boot={n_boot!r} is invalid; give an integer >= 1")
         self.n_boot, self.seed = n_boot, seed

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from privatenet.data.base import MISSING
 from privatenet.errors import PrivatenetError
 from privatenet.losses import LOSS_MODULES, check_lam, check_loss, total_loss
 
@@ -33,9 +34,6 @@ __all__ = ["ADVERSARY_UPDATES", "PrivacyRegularizer"]
 #: ``fixed``: the known adversary is held fixed (the paper); ``alternating``: it is updated on
 #: detached features at every call (the min-max of Edwards & Storkey).
 ADVERSARY_UPDATES = ("fixed", "alternating")
-
-#: Private label of a row whose attribute is unknown; such rows get no privacy term.
-UNKNOWN = -1
 
 
 def check_update(update: str) -> str:
@@ -115,7 +113,7 @@ class PrivacyRegularizer(nn.Module):
             raise PrivatenetError(f"{features.shape[0]} feature rows for {private.shape[0]} "
                                   "private labels; pass one label per row (-1 if unknown)")
         private = private.to(features.device)
-        known = private != UNKNOWN
+        known = private != MISSING  # rows with an unknown attribute get no privacy term
         if not bool(known.all()):
             features, private = features[known], private[known]
         if features.shape[0] == 0:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from privatenet.data.base import Split
+from privatenet.data.base import MISSING, Split
 from privatenet.data.transforms import augment, normalize
 from privatenet.errors import PrivatenetError
 from privatenet.models.taps import require_tap
@@ -285,7 +285,7 @@ def fit_adversary(adversary: nn.Module, features: torch.Tensor, labels: torch.Te
         raise PrivatenetError(f"features {tuple(features.shape)} and labels "
                               f"{tuple(labels.shape)} do not match; pass (N, ...) features "
                               "and (N,) labels")
-    known = labels != -1
+    known = labels != MISSING
     if not bool(known.all()):
         features, labels = features[known], labels[known]
     if labels.numel() < 2:
