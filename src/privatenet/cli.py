@@ -401,16 +401,24 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_attack(args) -> int:
-    from privatenet.app.jobs import attack_job, model_meta
+def _data_of_run(args):
+    """``--data`` and ``--image-size``, by default those the network of ``--run`` was trained
+    on (its spec is stored with absolute paths)."""
+    from privatenet.app.jobs import model_meta
     from privatenet.data import load_dataset
 
     meta = model_meta(args.run)
-    data = load_dataset(args.data or meta["data"],
+    return load_dataset(args.data or meta["data"],
                         image_size=args.image_size or meta.get("image_size"),
                         cache_dir=args.cache_dir)
-    res = attack_job(data=data, model_run=args.run, tap=args.tap, attribute=args.private,
-                     head=args.head, config=_train_config(args), out=args.out,
+
+
+def cmd_attack(args) -> int:
+    from privatenet.app.jobs import attack_job
+
+    config = _train_config(args)  # checked before the data loads
+    res = attack_job(data=_data_of_run(args), model_run=args.run, tap=args.tap,
+                     attribute=args.private, head=args.head, config=config, out=args.out,
                      resume=args.resume, callbacks=_Progress("attack").callbacks)
     print(_fmt_leakage(f"adversary {res['head']} on tap {args.tap!r} predicting "
                        f"{args.private!r} (test split):", res))
@@ -419,16 +427,12 @@ def cmd_attack(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from privatenet.app.jobs import audit_job, model_meta
+    from privatenet.app.jobs import audit_job
     from privatenet.app.report import audit_markdown
-    from privatenet.data import load_dataset
     from privatenet.train.config import TrainConfig
 
-    meta = model_meta(args.run)
     config = TrainConfig(seed=args.seed, device=args.device)  # checked before the data loads
-    data = load_dataset(args.data or meta["data"],
-                        image_size=args.image_size or meta.get("image_size"),
-                        cache_dir=args.cache_dir)
+    data = _data_of_run(args)
 
     def on_attacker(what: str, name: str) -> None:
         print(f"[audit] {what}: {name}", file=sys.stderr, flush=True)
