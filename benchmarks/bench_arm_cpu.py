@@ -1,4 +1,4 @@
-"""CPU throughput and latency of the paper's ARM ResNet-18: the public module against ours.
+"""Throughput and latency of the paper's ARM ResNet-18: the public module against ours.
 
 Prints, for arm_resnet18 at 224x224 on random tensors (no data loading):
 
@@ -9,9 +9,11 @@ Prints, for arm_resnet18 at 224x224 on random tensors (no data loading):
 for (a) a faithful re-implementation of the public module (Python loop over the 2 channels with
 torch.cat, global mean over the batch) in fp32, (b) ours in fp32, (c) ours channels_last fp32,
 (d) ours under ``torch.autocast("cpu", dtype=torch.bfloat16)``, and with ``--compile`` (e) ours
-compiled with ``torch.compile``. docs/design.md §6 holds the targets; this is a script, not a test.
+compiled with ``torch.compile``. ``--device cuda`` runs the same on a GPU (bf16 autocast is
+then CUDA's). docs/design.md §6 holds the targets; this is a script, not a test.
 
     python benchmarks/bench_arm_cpu.py --threads 2 --steps 10
+    python benchmarks/bench_arm_cpu.py --device cuda --batch-size 256 --steps 30
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class Variant:
     x: torch.Tensor
     x1: torch.Tensor
     autocast: bool
+    device: torch.device
     opt: torch.optim.Optimizer = field(init=False)
     step_s: list[float] = field(default_factory=list)
     latency_ms: list[float] = field(default_factory=list)
@@ -99,24 +102,32 @@ class Variant:
     def __post_init__(self) -> None:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3, weight_decay=1e-4)
 
+    def _sync(self) -> None:
+        if self.device.type == "cuda":  # GPU work is asynchronous: time what has finished
+            torch.cuda.synchronize(self.device)
+
     def train_step(self, y: torch.Tensor) -> float:
         """Forward + cross-entropy + backward + Adam step; returns seconds."""
         self.model.train()
+        self._sync()
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             loss = nn.functional.cross_entropy(logits_of(self.model, self.x), y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
+        self._sync()
         return time.perf_counter() - start
 
     def infer(self) -> float:
         """One batch-1 eval forward; returns milliseconds."""
         self.model.eval()
         with torch.inference_mode():
+            self._sync()
             start = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 logits_of(self.model, self.x1)
+            self._sync()
             return (time.perf_counter() - start) * 1e3
 
 
@@ -135,22 +146,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", default="",
                         help="comma-separated subset of variants: public,ours,channels_last,"
                              "bf16,compile (public is the reference for the ratios)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = torch.device(args.device)
     size, bs = args.image_size, args.batch_size
-    x = torch.randn(bs, 3, size, size)
-    y = torch.randint(0, 7, (bs,))
-    x1 = torch.randn(1, 3, size, size)
+    x = torch.randn(bs, 3, size, size, device=device)
+    y = torch.randint(0, 7, (bs,), device=device)
+    x1 = torch.randn(1, 3, size, size, device=device)
     xc = x.contiguous(memory_format=torch.channels_last)
     x1c = x1.contiguous(memory_format=torch.channels_last)
     fc_in = arm_map_side(resnet_map_side(size)) ** 2
 
     def public() -> nn.Module:
-        return PublicRes18Feature(fc_in=fc_in)
+        return PublicRes18Feature(fc_in=fc_in).to(device)
 
     def ours(**kw) -> nn.Module:
-        return create_model("arm_resnet18", num_classes=7, image_size=size, **kw)
+        return create_model("arm_resnet18", num_classes=7, image_size=size, **kw).to(device)
 
     # sanity: ours in batch mode computes exactly what the public module computes
     ref, twin = public().eval(), ours(affinity="batch").eval()
@@ -175,11 +188,14 @@ def main(argv: list[str] | None = None) -> None:
             continue
         torch.manual_seed(0)
         variants.append(Variant(key, label, make(), xc if channels_last else x,
-                                x1c if channels_last else x1, autocast))
+                                x1c if channels_last else x1, autocast, device))
 
-    bf16_native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {bf16_native}; "
+    bf16_native = (device.type == "cuda" and torch.cuda.is_bf16_supported()) or (
+        device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda" else
+             f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {where}, native "
+          f"bf16: {bf16_native}; "
           f"arm_resnet18 {size}x{size}; train batch {bs}, {args.steps} timed steps after "
           f"{args.warmup} warm-up; variants interleaved step by step")
     print(f"parity (batch mode vs public module, eval): max |logit diff| = {diff:.2e}")

@@ -4,21 +4,11 @@ error, exit code 2, no traceback, nothing already written damaged."""
 import json
 
 import pytest
+from cli_helpers import fails as _fails
 
 from privatenet.cli import main
 
 FAST = ["--epochs", "1", "--batch-size", "16", "--device", "cpu"]
-
-
-def _fails(capsys, argv, *needles):
-    code = main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2, err
-    assert len(err) == 1 and err[0].startswith("privatenet: error:"), err
-    assert "Traceback" not in err[0]
-    for n in needles:
-        assert n in err[0], err[0]
-    return err[0]
 
 
 def _snapshot(folder):
@@ -162,7 +152,7 @@ def test_help_explains_every_option(capsys):
     commands = next(a for a in parser._actions
                     if isinstance(a, argparse._SubParsersAction)).choices
     assert set(commands) == {"train", "attack", "audit", "reproduce", "demo", "import-checkpoint",
-                             "data-info"}
+                             "data-info", "export", "video"}
     for name, sub in [("privatenet", parser), *commands.items()]:
         for action in sub._actions:
             assert action.help and action.help.strip() and action.help != argparse.SUPPRESS, \

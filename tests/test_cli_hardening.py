@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from cli_helpers import fails as _fails
 
 from privatenet import cli
 from privatenet.cli import build_parser, main, to_flags
@@ -13,16 +14,6 @@ from privatenet.errors import PrivatenetError
 from privatenet.train.config import TrainConfig
 
 BASE = ["train", "--data", "synthfaces", "--out", "runs/x"]
-
-
-def _fails(capsys, argv, *needles):
-    code = main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2, err
-    assert len(err) == 1 and err[0].startswith("privatenet: error:"), err
-    for n in needles:
-        assert n in err[0], err[0]
-    return err[0]
 
 
 @pytest.fixture

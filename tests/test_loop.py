@@ -1,6 +1,8 @@
+import numpy as np
 import pytest
 import torch
 
+from privatenet.data.base import Split
 from privatenet.errors import PrivatenetError
 from privatenet.models import create_adversary, create_model
 from privatenet.models.taps import tap_shapes
@@ -27,16 +29,28 @@ def _same_state(a, b):
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def _variants(model):
+    """One regularizer of every mode, lam = 0."""
+    shape = tap_shapes(model, image_size=32)["pool"]
+    yield "fixed", PrivacyRegularizer(_adversary(model), loss="confusion", lam=0.0)
+    yield "alternating", PrivacyRegularizer(_adversary(model), loss="adversarial", lam=0.0,
+                                            update="alternating")
+    yield "hsic", PrivacyRegularizer(None, loss="hsic", lam=0.0, num_classes=2)
+    yield "ensemble", PrivacyRegularizer(None, loss="ensemble", lam=0.0, tap_shape=shape,
+                                         num_classes=2, reinit_every=2)
+
+
 def test_lambda_zero_reproduces_plain_training_bit_for_bit(tiny_split):
     plain = _model()
     h_plain = fit(model=plain, train=tiny_split, target="emotion", config=TrainConfig(**CFG))
-    for update in ("fixed", "alternating"):
+    for name, reg in _variants(plain):
         private = _model()
-        reg = PrivacyRegularizer(_adversary(private), loss="confusion", lam=0.0, update=update)
         h_priv = fit(model=private, train=tiny_split, target="emotion",
                      config=TrainConfig(**CFG), regularizer=reg, tap="pool", private="gender")
-        assert _same_state(plain, private), update
+        assert _same_state(plain, private), name
         assert [h["task_loss"] for h in h_plain] == [h["task_loss"] for h in h_priv]
+        assert all(np.isfinite(h["priv_loss"]) for h in h_priv), name
+        assert ("adv_loss" in h_priv[0]) == (name in ("alternating", "ensemble")), name
 
 
 def test_fixed_adversary_is_never_updated_and_the_callers_copy_never_changes(tiny_split):
@@ -129,3 +143,114 @@ def test_privacy_settings_are_checked(tiny_split):
             regularizer=PrivacyRegularizer(_adversary(model)), tap="pool")
     with pytest.raises(PrivatenetError, match="unknown training setting 'epoch'"):
         fit(model=model, train=tiny_split, target="emotion", epoch=3)
+
+
+def _kill_after_first(record):
+    if record["epoch"] == 1:
+        raise _Killed
+
+
+class _Killed(Exception):
+    pass
+
+
+def _resume_matches(tiny_split, tmp_path, make_privacy):
+    """Train 3 epochs uninterrupted and killed after one then resumed; compare everything."""
+    runs = {}
+    for name in ("full", "part"):
+        model = _model()
+        regs, taps, attrs = make_privacy(model)
+        kw = dict(model=model, train=tiny_split, target="emotion", config=TrainConfig(**CFG),
+                  regularizer=regs, tap=taps, private=attrs, run_dir=tmp_path / name)
+        if name == "part":
+            with pytest.raises(_Killed):
+                fit(**kw, callbacks=Callbacks(on_epoch=_kill_after_first))
+            model = _model(seed=123)  # everything must come from the checkpoint
+            regs, taps, attrs = make_privacy(model)
+            kw.update(model=model, regularizer=regs)
+            history = fit(**kw, resume=True)
+        else:
+            history = fit(**kw)
+        runs[name] = (model, regs, [{k: v for k, v in h.items() if k != "seconds"}
+                                    for h in history])
+    (full, full_regs, h_full), (part, part_regs, h_part) = runs["full"], runs["part"]
+    assert _same_state(full, part)
+    assert h_full == h_part
+    many = isinstance(full_regs, list)
+    for a, b in zip(full_regs if many else [full_regs], part_regs if many else [part_regs],
+                    strict=True):
+        assert _same_state(a, b)  # adversaries, ensemble members and step counters
+    return h_full
+
+
+def test_ensemble_fit_resumes_exactly_across_re_initialisations(tiny_split, tmp_path):
+    def privacy(model):
+        shape = tap_shapes(model, image_size=32)["pool"]
+        reg = PrivacyRegularizer(None, loss="ensemble", lam=0.5, tap_shape=shape,
+                                 num_classes=2, reinit_every=2, members=["linear", "mlp"])
+        return reg, "pool", "gender"
+
+    history = _resume_matches(tiny_split, tmp_path, privacy)
+    assert {"priv_loss", "adv_loss"} <= set(history[0])
+
+
+def _two_attributes(split):
+    g = torch.Generator().manual_seed(3)
+    age = torch.randint(0, 3, (len(split),), generator=g)
+    age[::5] = -1  # unknown for some rows: they get no age term
+    return Split(split.images, {**split.labels, "age": age}, split.ids)
+
+
+def test_two_private_attributes_fit_log_and_resume(tiny_split, tmp_path):
+    split = _two_attributes(tiny_split)
+
+    def privacy(model):
+        shape = tap_shapes(model, image_size=32)["backbone"]
+        gender = PrivacyRegularizer(None, loss="ensemble", lam=0.5, tap_shape=shape,
+                                    num_classes=2, reinit_every=4, members=["linear"])
+        torch.manual_seed(2)
+        known = create_adversary("linear", tap_shape=tap_shapes(model, image_size=32)["pool"],
+                                 num_classes=3)
+        age = PrivacyRegularizer(known, loss="confusion", lam=0.5, update="alternating")
+        return [gender, age], ["backbone", "pool"], ["gender", "age"]
+
+    history = _resume_matches(split, tmp_path, privacy)
+    assert {"priv_loss", "priv_loss/gender", "priv_loss/age", "adv_loss", "adv_loss/gender",
+            "adv_loss/age"} <= set(history[0])
+    for h in history:
+        assert h["priv_loss"] == pytest.approx((h["priv_loss/gender"] + h["priv_loss/age"]) / 2,
+                                               rel=1e-6)
+    # the checkpoint signature holds each term's settings
+    from privatenet.train.checkpoint import load_training_checkpoint
+
+    _, meta = load_training_checkpoint(tmp_path / "full")
+    assert [p["attribute"] for p in meta["signature"]["privacy"]] == ["gender", "age"]
+    assert meta["signature"]["privacy"][0]["loss"] == "ensemble"
+
+
+def test_several_attributes_are_checked(tiny_split):
+    split = _two_attributes(tiny_split)
+    model = _model()
+    shape = tap_shapes(model, image_size=32)["pool"]
+
+    def reg(lam=0.5, k=2):
+        return PrivacyRegularizer(None, loss="hsic", lam=lam, num_classes=k)
+
+    kw = dict(model=model, train=split, target="emotion", config=TrainConfig(**CFG))
+    with pytest.raises(PrivatenetError, match="lists of one length"):
+        fit(**kw, regularizer=[reg(), reg(k=3)], tap=["pool"], private=["gender", "age"])
+    with pytest.raises(PrivatenetError, match="lists of one length"):
+        fit(**kw, regularizer=[reg(), reg(k=3)], tap="pool", private=["gender", "age"])
+    with pytest.raises(PrivatenetError, match="same lam.*gender=0.5, age=0.3"):
+        fit(**kw, regularizer=[reg(), reg(lam=0.3, k=3)], tap=["pool", "pool"],
+            private=["gender", "age"])
+    with pytest.raises(PrivatenetError, match="'gender' is given twice"):
+        fit(**kw, regularizer=[reg(), reg()], tap=["pool", "backbone"],
+            private=["gender", "gender"])
+    same = PrivacyRegularizer(None, loss="ensemble", tap_shape=shape, num_classes=3)
+    with pytest.raises(PrivatenetError, match="same regularizer"):
+        fit(**kw, regularizer=[same, same], tap=["pool", "pool"], private=["age", "emotion"])
+    with pytest.raises(PrivatenetError, match="no label column 'race'"):
+        fit(**kw, regularizer=[reg(), reg()], tap=["pool", "pool"], private=["gender", "race"])
+    with pytest.raises(PrivatenetError, match="no tap"):
+        fit(**kw, regularizer=[reg(), reg()], tap=["pool", "arm"], private=["gender", "age"])

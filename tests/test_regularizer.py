@@ -3,7 +3,6 @@ alternating update, save and restore."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import privatenet as pn
@@ -54,7 +53,9 @@ def test_alternating_scores_the_encoder_before_the_adversary_step():
     private = torch.randint(0, 3, (32,))
     snapshot = _adversary()
     snapshot.load_state_dict(reg.adversary.state_dict())
-    expect = -F.cross_entropy(snapshot.eval()(feats), private)
+    # the bounded adversarial loss, -log(1 - p_true), of the adversary before its step
+    p_true = snapshot.eval()(feats).softmax(1).gather(1, private[:, None])
+    expect = -torch.log1p(-p_true).mean()
     loss = reg(torch.tensor(0.0), feats, private)
     assert loss.item() == pytest.approx(expect.item(), abs=1e-6)  # the adversary before its step
     loss.backward()  # still valid after the adversary's in-place update

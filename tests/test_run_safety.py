@@ -2,23 +2,11 @@
 resume provenance and locks, each reproduced through the CLI or the jobs."""
 
 import pytest
+from cli_helpers import fails as _fails
 
 from privatenet.cli import main
 
 FAST = ["--model", "small_cnn", "--epochs", "1", "--batch-size", "16", "--device", "cpu"]
-
-
-def _fails(capsys, argv, *needles):
-    """Exit 2 with one error line (after any '[cached] stage' progress lines)."""
-    capsys.readouterr()
-    code = main(argv)
-    err = [line for line in capsys.readouterr().err.strip().splitlines()
-           if not line.startswith(("[cached]", "[run]"))]
-    assert code == 2, err
-    assert len(err) == 1 and err[0].startswith("privatenet: error:"), err
-    for n in needles:
-        assert n in err[0], err[0]
-    return err[0]
 
 
 def _snapshot(folder):

@@ -10,7 +10,8 @@ The method in your own training loop::
     adv = pn.create_adversary("linear", tap_shape=tuple(taps["backbone"].shape[1:]),
                               num_classes=2)
     pn.fit_adversary(adv, features, private, epochs=10)          # the known adversary
-    reg = pn.PrivacyRegularizer(adv, loss="confusion", lam=0.5)  # Eq. 8
+    reg = pn.PrivacyRegularizer(adv, loss="confusion", lam=0.5)  # Eq. 8 (or "ensemble";
+    # pn.PrivacyRegularizer(None, loss="hsic", lam=0.5, num_classes=2) needs no adversary)
     loss = reg(task_loss, taps["backbone"], private)              # -1 = unknown label
     print(pn.leakage(pred, private, num_classes=2))
     print(pn.audit(train_feats, s_train, test_feats, s_test, num_classes=2)["worst"])
@@ -20,8 +21,16 @@ See docs/design.md for the method and README.md for the command line.
 
 from privatenet.audit import audit
 from privatenet.data import load_dataset
+from privatenet.erasure import ErasedModel, TapEraser, erase_at_tap, fit_eraser
 from privatenet.errors import PrivatenetError
-from privatenet.losses import AdversarialLoss, ConfusionLoss, adversarial_loss, confusion_loss
+from privatenet.losses import (
+    PRIVACY_LOSSES,
+    AdversarialLoss,
+    ConfusionLoss,
+    adversarial_loss,
+    confusion_loss,
+    hsic_loss,
+)
 from privatenet.metrics import Leakage, leakage
 from privatenet.models import create_adversary, create_model, list_models, tap_shapes
 from privatenet.models.taps import with_taps
@@ -34,18 +43,24 @@ __version__ = "0.1.0"
 __all__ = [
     "AdversarialLoss",
     "ConfusionLoss",
+    "ErasedModel",
     "Leakage",
+    "PRIVACY_LOSSES",
     "PrivacyRegularizer",
     "PrivatenetError",
+    "TapEraser",
     "TrainConfig",
     "adversarial_loss",
     "audit",
     "confusion_loss",
     "create_adversary",
     "create_model",
+    "erase_at_tap",
     "extract",
     "fit",
     "fit_adversary",
+    "fit_eraser",
+    "hsic_loss",
     "leakage",
     "list_models",
     "load_dataset",

@@ -86,7 +86,7 @@ def _out_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    from privatenet.losses import PRIVACY_LOSSES
+    from privatenet.app.jobs import DEFENCE_HELP, DEFENCES
     from privatenet.models import ADVERSARY_KINDS, list_models
     from privatenet.regularizer import ADVERSARY_UPDATES
 
@@ -115,16 +115,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init-from", default=None,
                    help="start from the weights of this finished train folder (same "
                         "architecture) instead of from scratch")
-    g = p.add_argument_group("privacy (all of --loss, --tap, --private, --adversary)")
-    g.add_argument("--loss", choices=PRIVACY_LOSSES, default=None,
-                   help="confusion (Eq. 7, the paper's) or adversarial (Edwards & Storkey)")
+    g.add_argument("--backbone-weights", default=None,
+                   help="torchvision ResNet-18 weights file to start the backbone from (the "
+                        "paper: ImageNet, resnet18-f37072fd.pth; read weights-only, nothing is "
+                        "downloaded); arm_resnet18 and resnet18")
+    g = p.add_argument_group("privacy (--loss, --tap, --private; --adversary where the loss "
+                             "needs one)")
+    g.add_argument("--loss", choices=DEFENCES, default=None,
+                   help="; ".join(f"{k}: {v}" for k, v in DEFENCE_HELP.items()))
     g.add_argument("--tap", default=None, help="feature tap the privacy term acts on")
-    g.add_argument("--private", default=None, help="private attribute column, e.g. gender")
+    g.add_argument("--private", default=None,
+                   help="private attribute column, e.g. gender, or a comma list (gender,age): "
+                        "one privacy term each")
     g.add_argument("--lam", type=float, default=0.5,
                    help="privacy weight lambda in [0, 1] (Eq. 8; default 0.5)")
     g.add_argument("--adversary", default=None,
-                   help="folder of a finished 'privatenet attack' run on the original "
-                        "network: the known adversary")
+                   help="folder of a finished 'privatenet attack' run on the starting network: "
+                        "the known adversary (a comma list: one per private attribute); "
+                        "needed by confusion and adversarial, a member of ensemble, scored "
+                        "only by hsic and leace")
     g.add_argument("--adversary-update", choices=ADVERSARY_UPDATES, default="fixed",
                    help="fixed: the known adversary is held fixed (the paper); alternating: "
                         "it is updated each step (min-max)")
@@ -178,9 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "rerun skips finished ones and resumes a killed one.")
     p.add_argument("--preset", choices=("paper", "quick", "demo", "smoke"), default=None,
                    help="paper: arm_resnet18, 224 px, Adam 1e-3, 200 epochs, gender and age, "
-                        "taps backbone and arm; quick: the same with 20 epochs; demo: the CPU "
-                        "demo on synthfaces; smoke: a seconds-long plumbing check. Options "
-                        "below override the preset")
+                        "taps backbone and arm, the paper's two losses with a fixed known "
+                        "adversary (add --backbone-weights for its ImageNet start); quick: the "
+                        "same network with every defence and 20 epochs; demo: the CPU demo on "
+                        "synthfaces; smoke: a seconds-long plumbing check. Options below "
+                        "override the preset")
     g = p.add_argument_group("what to reproduce")
     g.add_argument("--data", required=True, help="dataset spec (rafdb:PATH for the paper)")
     g.add_argument("--image-size", type=int, default=None, help="decode size (paper: 224)")
@@ -193,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--taps", default=None,
                    help="comma list of taps to attack and protect (default: all of the model's)")
     g.add_argument("--losses", default=None,
-                   help="comma list of privacy losses (default confusion,adversarial)")
+                   help="comma list of defences (default all: "
+                        "confusion,adversarial,ensemble,hsic,leace,hsic+leace)")
     g.add_argument("--lam", type=float, default=None,
                    help="lambda of the Table 2 networks (default 0.5)")
     g.add_argument("--lambdas", default=None,
@@ -201,6 +213,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init", choices=("original", "scratch"), default=None,
                    help="privacy networks start from the original network (default) or from "
                         "scratch")
+    g.add_argument("--adversarial-update", choices=ADVERSARY_UPDATES, default=None,
+                   help="the adversarial loss's known adversary: fixed (default, the paper's) "
+                        "or alternating (trained alongside; the report adds its accuracy)")
+    g.add_argument("--backbone-weights", default=None,
+                   help="torchvision ResNet-18 weights file the original networks start from "
+                        "(the paper: ImageNet, resnet18-f37072fd.pth); part of the stage keys")
+    g.add_argument("--seeds", type=int, default=None,
+                   help="repeat Tables 1-2 and the sweep for seeds seed..seed+N-1 and report "
+                        "mean and std (default 1)")
+    g.add_argument("--audit-zoo", choices=("quick", "full", "none"), default=None,
+                   help="attacker zoo of the audit column in Tables 1-2 (default quick; none "
+                        "leaves the column out)")
+    g.add_argument("--latency-precision", choices=("fp32", "bf16"), default=None,
+                   help="Table 3 precision (default fp32, the paper's)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=None, help="task network epochs")
     g.add_argument("--adversary-epochs", type=int, default=None, help="adversary epochs")
@@ -231,6 +257,62 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the public batch-dependent affinity (not recommended)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--out", required=True, help="run folder to create")
+
+    p = sub.add_parser("export", help="split a trained network at a tap into two ONNX files "
+                                      "(untrusted part, trusted part)",
+                       description="Write untrusted.onnx (normalised images -> the tap's "
+                                   "features: what runs outside the Trusted Execution "
+                                   "Environment and what an attacker reads), trusted.onnx (the "
+                                   "tap's features -> task logits: the part for the TEE) and "
+                                   "export.json (input convention, shapes, sizes, SHA-256). "
+                                   "Both parts are checked with ONNX Runtime against the torch "
+                                   "model on a few images. Needs the deploy extra: "
+                                   "pip install -e \".[deploy]\".")
+    g = p.add_argument_group("what to export")
+    g.add_argument("--model", "--run", dest="run", required=True,
+                   help="folder of a finished 'privatenet train' run")
+    g.add_argument("--split", "--tap", dest="tap", required=True,
+                   help="tap to split at: the untrusted part ends there (see the model's taps)")
+    g = p.add_argument_group("check images")
+    g.add_argument("--check-images", type=int, default=16,
+                   help="how many images check the ONNX files against torch (default 16: the "
+                        "first of the test split)")
+    g.add_argument("--data", default=None,
+                   help="dataset spec of the check images (default: the data of the run; "
+                        "where it cannot be loaded, seeded random images)")
+    g.add_argument("--cache-dir", default=None, help="keep decoded images here between runs")
+    g.add_argument("--random-check", action="store_true",
+                   help="check with seeded random images instead of loading data")
+    g.add_argument("--seed", type=int, default=0, help="seed of the random check images")
+    p.add_argument("--out", required=True,
+                   help="folder to create: untrusted.onnx, trusted.onnx, export.json, "
+                        "results.json")
+
+    p = sub.add_parser("video", help="the video analytics pipeline: faces, tracks and their "
+                                     "labels over a video file",
+                       description="Detect faces in a video file (OpenCV's Haar cascade), track "
+                                   "them (IoU), classify each face on its own with a trained "
+                                   "network or an export folder (ONNX Runtime) and smooth the "
+                                   "probabilities per track. Writes frames.jsonl, summary.json, "
+                                   "timeline.png and, with --annotate, annotated.mp4. Needs the "
+                                   "video extra: pip install -e \".[video]\".")
+    p.add_argument("input", help="video file: mp4, avi, mkv, webm (read with PyAV's bundled "
+                                 "FFmpeg)")
+    p.add_argument("--model", required=True,
+                   help="folder of a finished 'privatenet train' run (torch) or of a "
+                        "'privatenet export' (export.json; ONNX Runtime, untrusted then "
+                        "trusted part)")
+    p.add_argument("--every", type=int, default=1,
+                   help="process every N-th frame only (default 1: every frame)")
+    p.add_argument("--annotate", action="store_true",
+                   help="also write annotated.mp4: boxes, track ids and labels")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of the classifier (default: torch's or ONNX Runtime's, "
+                        "one per core); a face crop is small: 1 is as fast and far faster on a "
+                        "busy machine")
+    p.add_argument("--out", required=True,
+                   help="folder to create: frames.jsonl, summary.json, timeline.png, "
+                        "annotated.mp4, results.json")
 
     p = sub.add_parser("data-info", help="sizes and label distributions of a dataset",
                        description="Print split sizes, class counts per label column and the "
@@ -379,24 +461,30 @@ def cmd_train(args) -> int:
     from privatenet.data import load_dataset
 
     privacy = None
-    given = {k: getattr(args, k) for k in ("loss", "tap", "private", "adversary")}
-    if any(v is not None for v in given.values()):
+    given = {k: getattr(args, k) for k in ("loss", "tap", "private")}
+    if args.adversary is not None or any(v is not None for v in given.values()):
         missing = [f"--{k}" for k, v in given.items() if v is None]
         if missing:
             raise PrivatenetError(f"privacy training needs {', '.join(missing)} as well "
                                   "(or none of --loss/--tap/--private/--adversary)")
-        privacy = dict(given, lam=args.lam, update=args.adversary_update)
+        private = _split_list(args.private)
+        adversary = _split_list(args.adversary) if args.adversary else [None] * len(private)
+        privacy = dict(given, private=private, adversary=adversary, lam=args.lam,
+                       update=args.adversary_update)
     config = _train_config(args)
     data = load_dataset(args.data, image_size=args.image_size, cache_dir=args.cache_dir)
+    weights = {"backbone_weights": args.backbone_weights} if args.backbone_weights else {}
     res = train_job(data=data, out=args.out, model=args.model, target=args.target,
                     config=config, init_from=args.init_from, privacy=privacy,
+                    model_kwargs=weights,
                     resume=args.resume, callbacks=_Progress("train").callbacks)
     u = res["utility"]
     print(f"{args.target} on the test split: accuracy {u['accuracy']:.4f}, balanced accuracy "
           f"{u['balanced_accuracy']:.4f}")
-    if privacy:
-        print(_fmt_leakage(f"known adversary ({args.private} from {args.tap}) on the new "
-                           "features:", res["known"]))
+    for attr, r in (res.get("known_by") or {}).items():
+        print(_fmt_leakage(f"known adversary ({attr} from {args.tap}) on the new features:", r))
+    for attr, r in (res.get("co_trained_by") or {}).items():
+        print(_fmt_leakage(f"adversary trained alongside ({attr} from {args.tap}):", r))
     print(f"run folder: {args.out}")
     return 0
 
@@ -461,6 +549,59 @@ def cmd_import_checkpoint(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from privatenet.app.export import export_job
+
+    doc = export_job(model_run=args.run, tap=args.tap, out=args.out,
+                     check_images=args.check_images, data=args.data, cache_dir=args.cache_dir,
+                     random_check=args.random_check, seed=args.seed)
+    for which, part in doc["parts"].items():
+        shape = " x ".join(map(str, part["output_shape"]))
+        print(f"{which:9} {Path(args.out) / part['file']}: {part['parameters']:,} parameters, "
+              f"{part['bytes']:,} bytes, output {part['output_name']} {shape}")
+    diff = doc["max_abs_diff"]
+    check = doc["check_inputs"]
+    print(f"max abs difference ONNX Runtime vs torch on {check['count']} "
+          f"{'images of ' + check['data'] if check.get('source') == 'data' else 'random images'}"
+          f": untrusted {diff['untrusted']:.2e}, trusted {diff['trusted']:.2e}, end to end "
+          f"{diff['end_to_end']:.2e}")
+    print(f"export folder: {args.out}")
+    return 0
+
+
+def cmd_video(args) -> int:
+    from tqdm import tqdm
+
+    from privatenet.app.video import video_job
+
+    bar = None
+
+    def on_frame(read: int, total: int | None) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc="video", unit="frame", leave=False, file=sys.stderr,
+                       dynamic_ncols=True, disable=not sys.stderr.isatty())
+        bar.update(read - bar.n)
+
+    try:
+        s = video_job(input=args.input, model=args.model, out=args.out,
+                      annotate=args.annotate, every=args.every, threads=args.threads,
+                      on_frame=on_frame)
+    finally:
+        if bar is not None:
+            bar.close()
+    rate = s["processing"]["frames_processed_per_s"]
+    print(f"{s['input']['path']}: {s['frames_read']} frames at {s['fps']:.2f} fps, "
+          f"{s['frames_processed']} processed ({rate} frames/s), {s['faces']} faces in "
+          f"{len(s['tracks'])} tracks")
+    for t in s["tracks"]:
+        print(f"  track {t['track']}: {t['first']:.2f}-{t['last']:.2f} s, "
+              f"{t['seconds_on_screen']:.2f} s on screen, mostly {t['dominant']} "
+              f"({t['shares'][t['dominant']]:.0%})")
+    print(f"video folder: {args.out}")
+    return 0
+
+
 def cmd_data_info(args) -> int:
     from privatenet.data import load_dataset
 
@@ -513,7 +654,10 @@ def cmd_reproduce(args) -> int:
         "taps": _split_list(args.taps), "losses": _split_list(args.losses), "lam": args.lam,
         "lambdas": _split_list(args.lambdas, float), "init": args.init, "epochs": args.epochs,
         "adversary_epochs": args.adversary_epochs, "privacy_epochs": args.privacy_epochs,
-        "batch_size": args.batch_size, "seed": args.seed, "device": args.device}
+        "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
+        "adversarial_update": args.adversarial_update, "backbone_weights": args.backbone_weights,
+        "seeds": args.seeds, "latency_precision": args.latency_precision,
+        "audit_zoo": args.audit_zoo}
     return _run_protocol(resolve_config(args.preset, overrides), args.out)
 
 
@@ -527,14 +671,16 @@ def cmd_demo(args) -> int:
 COMMANDS = {"train": cmd_train, "attack": cmd_attack, "audit": cmd_audit,
             "reproduce": cmd_reproduce,
             "demo": cmd_demo, "import-checkpoint": cmd_import_checkpoint,
-            "data-info": cmd_data_info}
+            "export": cmd_export, "data-info": cmd_data_info, "video": cmd_video}
 
 _RESUME = "rerun the same command with --resume to continue"
 _RERUN = ("rerun the same command to continue (finished stages are kept and a killed stage "
           "resumes)")
 #: What to tell a user who pressed Ctrl-C, by command.
 INTERRUPT_HINTS = {"train": _RESUME, "attack": _RESUME, "reproduce": _RERUN, "demo": _RERUN,
-                   "audit": "rerun the same command to start the audit again"}
+                   "audit": "rerun the same command to start the audit again",
+                   "export": "nothing was kept; rerun the same command to export",
+                   "video": "nothing was kept; rerun the same command"}
 
 # a parameter's value in a library message: a quoted string, or a word not ending in . or :
 _VALUE = r"""'[^']*'|"[^"]*"|[^\s,;)\]]*[^\s,;:.)\]]"""

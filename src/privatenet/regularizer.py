@@ -1,24 +1,39 @@
-"""The paper's method as one object for any training loop (docs/design.md §2).
+"""The method as one object for any training loop (docs/design.md §2).
 
 :class:`PrivacyRegularizer` turns a task loss into Eq. 8, ``(1 - lam) * L_task + lam * L_priv``,
-where ``L_priv`` is a privacy loss of an adversary's view of the features of one tap::
+where ``L_priv`` is a privacy term on the features of one tap::
 
     reg = PrivacyRegularizer(known_adversary, loss="confusion", lam=0.5)
     logits, taps = model.forward_taps(x)
     loss = reg(F.cross_entropy(logits, y), taps["backbone"], private)
     loss.backward()
 
-``update="fixed"`` (the paper) holds the known adversary truly fixed: the regularizer keeps its
-own copy in eval mode with no gradient and no optimizer, so neither the caller's adversary nor
-its batch-norm statistics ever change. ``update="alternating"`` (Edwards & Storkey) also trains
-that copy: each call scores the encoder against the adversary as it is, then takes one Adam
-step of the adversary on the detached features.
+Modes (``loss=``):
+
+- ``confusion`` (Eq. 7, the paper) and ``adversarial`` (Edwards & Storkey, bounded form) score
+  the encoder against one adversary. ``update="fixed"`` (the paper) holds the known adversary
+  truly fixed: the regularizer keeps its own copy in eval mode with no gradient and no
+  optimizer, so neither the caller's adversary nor its batch-norm statistics ever change.
+  ``update="alternating"`` (Edwards & Storkey) also trains that copy: each call scores the
+  encoder against the adversary as it is, then takes one Adam step of the adversary on the
+  detached features.
+- ``ensemble``: the confusion loss averaged over several adversaries of different capacity,
+  each trained alternately and re-initialised in turn (see :class:`PrivacyRegularizer`).
+- ``hsic``: no adversary; the normalised HSIC between the features and the private label
+  (:func:`privatenet.losses.hsic_loss`).
+
+:meth:`PrivacyRegularizer.privacy_term` gives ``L_priv`` alone, for losses that combine several
+terms (``fit`` with several private attributes).
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,13 +42,39 @@ from torch.func import functional_call
 
 from privatenet.data.base import MISSING
 from privatenet.errors import PrivatenetError
-from privatenet.losses import LOSS_MODULES, check_lam, check_loss, total_loss
+from privatenet.losses import (
+    HSIC_BANDWIDTHS,
+    LOSS_MODULES,
+    check_bandwidths,
+    check_lam,
+    check_loss,
+    confusion_loss,
+    hsic_loss,
+    total_loss,
+)
 
-__all__ = ["ADVERSARY_UPDATES", "PrivacyRegularizer"]
+__all__ = ["ADVERSARY_UPDATES", "DEFAULT_ENSEMBLE", "DEFAULT_REINIT_EVERY", "PrivacyRegularizer"]
+
+log = logging.getLogger(__name__)
 
 #: ``fixed``: the known adversary is held fixed (the paper); ``alternating``: it is updated on
 #: detached features at every call (the min-max of Edwards & Storkey).
 ADVERSARY_UPDATES = ("fixed", "alternating")
+
+#: The members of an ``ensemble`` built when none are given: heads of three capacities
+#: (options of :func:`privatenet.create_adversary`).
+DEFAULT_ENSEMBLE = ({"kind": "linear"}, {"kind": "mlp", "hidden": 64},
+                    {"kind": "mlp", "hidden": 256})
+
+#: Adversary steps between two re-initialisations (of one member each) in ``ensemble`` mode.
+DEFAULT_REINIT_EVERY = 100
+
+# Which keyword-only options each mode takes (beyond loss, lam, update, lr, weight_decay).
+_MODE_OPTIONS = {"members": ("ensemble",), "reinit_every": ("ensemble",), "seed": ("ensemble",),
+                 "tap_shape": ("ensemble",), "num_classes": ("ensemble", "hsic"),
+                 "bandwidths": ("hsic",)}
+
+_MAX_SEED = 2**63 - 1
 
 
 def check_update(update: str) -> str:
@@ -44,30 +85,94 @@ def check_update(update: str) -> str:
     return update
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _derived_seed(seed: int, key: int) -> int:
+    """A seed for draw number ``key`` of a run seeded by ``seed``: a function of the two alone,
+    so a resumed run redraws exactly what an uninterrupted one draws."""
+    gen = torch.Generator().manual_seed((seed * 1_000_003 + key * 7_919 + 17) % 2**63)
+    return int(torch.randint(0, 2**62, (1,), generator=gen))
+
+
+class _Ensemble(nn.Module):
+    """The members of an ``ensemble`` regularizer and its step counter. The counter is a
+    buffer so that it lives in every state dict (``save``, ``fit``'s checkpoints) and a resumed
+    run re-initialises at the same steps as an uninterrupted one."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+
 class PrivacyRegularizer(nn.Module):
-    """Eq. 8 against ``adversary`` on one tap's features.
+    """Eq. 8 with a privacy term on one tap's features.
 
     Args:
         adversary: a module mapping tap features (N, *tap_shape) to private-class logits
             (N, K), for instance from :func:`privatenet.create_adversary` trained with
-            :func:`privatenet.fit_adversary`. The regularizer works on a deep copy.
-        loss: ``"confusion"`` (Eq. 7, the paper) or ``"adversarial"`` (Edwards & Storkey).
+            :func:`privatenet.fit_adversary`; the regularizer works on a deep copy. Required
+            for ``confusion`` and ``adversarial``; optional for ``ensemble`` (it then becomes
+            one more member); ``None`` for ``hsic``.
+        loss: ``"confusion"`` (Eq. 7, the paper), ``"adversarial"`` (Edwards & Storkey, the
+            bounded ``-log(1 - p_true)``), ``"ensemble"`` or ``"hsic"``
+            (:data:`privatenet.losses.PRIVACY_LOSSES`).
         lam: the privacy weight in [0, 1]; 0 gives back the task loss exactly.
-        update: ``"fixed"`` or ``"alternating"`` (see the module docstring).
-        lr, weight_decay: Adam settings of the adversary's own steps (alternating only).
+        update: ``"fixed"`` or ``"alternating"`` (see the module docstring); confusion and
+            adversarial only.
+        lr, weight_decay: Adam settings of the adversaries' own steps (alternating and
+            ensemble). :func:`privatenet.fit` sets every optimizer's learning rate to its
+            schedule (``config.lr * lr_decay ** epoch``), these included.
+        num_classes: the number K of private classes (``hsic``: the one-hot width, since a
+            batch may lack some classes; ``ensemble``: the members' outputs). Taken from the
+            known adversary's ``config`` when ``ensemble`` is given one.
+        tap_shape: the tap's shape without the batch dimension (``ensemble``: the members'
+            inputs); taken from the known adversary's ``config`` likewise.
+        members: ``ensemble``: the heads built besides the known adversary, each a kind of
+            :func:`privatenet.create_adversary` or a dict ``{"kind": ..., **options}``;
+            default :data:`DEFAULT_ENSEMBLE` (linear, MLPs of 64 and 256 hidden units).
+        reinit_every: ``ensemble``: adversary steps between re-initialisations (default
+            :data:`DEFAULT_REINIT_EVERY`; 0 never re-initialises).
+        seed: ``ensemble``: seeds the members' initial weights and every re-initialisation
+            (default 0), so a run is deterministic whatever the global random state.
+        bandwidths: ``hsic``: the RBF bandwidths in multiples of the batch's median distance
+            (default :data:`privatenet.losses.HSIC_BANDWIDTHS`).
 
     Call ``reg(task_loss, features, private)`` with ``private`` (N,) class indices, ``-1`` for
     an unknown label: those rows get no privacy term (a batch without any known label returns
-    ``(1 - lam) * task_loss``). In eval mode (``reg.eval()``) an alternating adversary is not
-    updated. ``last_privacy_loss`` and ``last_adversary_loss`` hold the latest values (detached)
-    for logging. ``reg.to(device)`` moves the adversary; ``save``/``load`` keep its weights and
-    optimizer state in a safetensors checkpoint.
+    ``(1 - lam) * task_loss``). ``reg.privacy_term(features, private)`` returns ``L_priv``
+    alone. In eval mode (``reg.eval()``) no adversary is updated. ``last_privacy_loss`` and
+    ``last_adversary_loss`` hold the latest values (detached) for logging. ``reg.to(device)``
+    moves the adversaries; ``save``/``load`` keep their weights, optimizer state and (ensemble)
+    step counter in a safetensors checkpoint; ``trainable_modules()`` and ``optimizers()`` name
+    what a training loop must checkpoint with its model.
+
+    **ensemble** trains several adversaries of different capacity alongside the encoder and
+    scores the encoder with the mean over members of the confusion loss (Eq. 7), so it must
+    make every member unsure at once instead of fooling one opponent; the uniform target (the
+    maximum-entropy adversary output of MaxEnt-ARL, Roy & Boddeti, CVPR 2019) cannot be "read
+    back" like the confidently wrong output the adversarial loss aims at. A single adversary
+    trained alongside tends to be beaten while the information stays recoverable by a fresh
+    attacker (Elazar & Goldberg, EMNLP 2018); hence several capacities, and every
+    ``reinit_every`` steps one member (round-robin) is re-initialised from scratch, so a fresh
+    attacker is always in training while the others stay trained. Each call scores the encoder
+    against the members as they are before their step (in eval mode, on copied weights), then
+    takes one Adam step of every member on the detached features. The known adversary, if
+    given, is the first member and is re-initialised in its turn like the others (rebuilt from
+    its ``config`` when it has one, else by its layers' ``reset_parameters``).
     """
 
-    def __init__(self, adversary: nn.Module, *, loss: str = "confusion", lam: float = 0.5,
-                 update: str = "fixed", lr: float = 1e-3, weight_decay: float = 1e-4) -> None:
+    def __init__(self, adversary: nn.Module | None = None, *, loss: str = "confusion",
+                 lam: float = 0.5, update: str = "fixed", lr: float = 1e-3,
+                 weight_decay: float = 1e-4, num_classes: int | None = None,
+                 tap_shape: Sequence[int] | None = None,
+                 members: Sequence[str | Mapping[str, Any]] | None = None,
+                 reinit_every: int | None = None, seed: int | None = None,
+                 bandwidths: Sequence[float] | None = None) -> None:
         super().__init__()
-        if not isinstance(adversary, nn.Module):
+        if adversary is not None and not isinstance(adversary, nn.Module):
             raise PrivatenetError(f"adversary must be an nn.Module, got "
                                   f"{type(adversary).__name__}")
         self.loss = check_loss(loss)
@@ -78,19 +183,156 @@ class PrivacyRegularizer(nn.Module):
                     name == "lr" and value == 0):
                 raise PrivatenetError(f"{name}={value!r} is invalid; give a positive number"
                                       + (" or 0" if name == "weight_decay" else ""))
-        self.criterion = LOSS_MODULES[loss]()
-        # A copy: the caller's adversary (the known adversary trained on the original network)
-        # must stay what it is, whatever this regularizer does to its own.
-        self.adversary = copy.deepcopy(adversary)
+        self.lr, self.weight_decay = float(lr), float(weight_decay)
+        options = {"members": members, "reinit_every": reinit_every, "seed": seed,
+                   "tap_shape": tap_shape, "num_classes": num_classes, "bandwidths": bandwidths}
+        for name, value in options.items():
+            if value is not None and loss not in _MODE_OPTIONS[name]:
+                modes = " or ".join(repr(m) for m in _MODE_OPTIONS[name])
+                raise PrivatenetError(f"{name}= applies to loss={modes} only, not "
+                                      f"loss={loss!r}; drop it")
+        if loss in ("ensemble", "hsic") and update != "fixed":
+            raise PrivatenetError(f"update={update!r} does not apply to loss={loss!r} "
+                                  "(it trains no single adversary); drop update=")
+        self.adversary: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
-        if update == "fixed":
-            self.adversary.eval().requires_grad_(False)
-        else:
-            self.adversary.requires_grad_(True)
-            self.optimizer = torch.optim.Adam(self.adversary.parameters(), lr=lr,
-                                              weight_decay=weight_decay)
+        self.criterion: nn.Module | None = None
+        self.ensemble: _Ensemble | None = None
         self.last_privacy_loss: torch.Tensor | None = None
         self.last_adversary_loss: torch.Tensor | None = None
+        #: ensemble: each member's cross-entropy at its latest step (detached), for logging.
+        self.last_member_losses: torch.Tensor | None = None
+        if loss == "hsic":
+            if adversary is not None:
+                raise PrivatenetError("loss='hsic' uses no adversary; pass None as the "
+                                      "adversary")
+            self.num_classes = self._check_num_classes(num_classes)
+            self.bandwidths = check_bandwidths(
+                HSIC_BANDWIDTHS if bandwidths is None else bandwidths)
+        elif loss == "ensemble":
+            self._init_ensemble(adversary, num_classes, tap_shape, members, reinit_every, seed)
+        else:
+            if adversary is None:
+                raise PrivatenetError(f"loss={loss!r} needs an adversary module (e.g. from "
+                                      "create_adversary and fit_adversary); or use loss='hsic' "
+                                      "or 'ensemble'")
+            self.criterion = LOSS_MODULES[loss]()
+            # A copy: the caller's adversary (the known adversary trained on the original
+            # network) must stay what it is, whatever this regularizer does to its own.
+            self.adversary = copy.deepcopy(adversary)
+            if update == "fixed":
+                self.adversary.eval().requires_grad_(False)
+            else:
+                self.adversary.requires_grad_(True)
+                self.optimizer = torch.optim.Adam(self.adversary.parameters(), lr=self.lr,
+                                                  weight_decay=self.weight_decay)
+
+    # construction of the ensemble ------------------------------------------------------------
+
+    @staticmethod
+    def _check_num_classes(num_classes: Any) -> int:
+        if not _is_int(num_classes) or num_classes < 2:
+            raise PrivatenetError(f"num_classes={num_classes!r} is invalid; give the number of "
+                                  "private classes, an integer >= 2")
+        return num_classes
+
+    def _init_ensemble(self, adversary: nn.Module | None, num_classes: Any, tap_shape: Any,
+                       members: Any, reinit_every: Any, seed: Any) -> None:
+        known_config = getattr(adversary, "config", None)
+        if not isinstance(known_config, Mapping) or "kind" not in known_config:
+            known_config = None
+        if num_classes is not None:
+            self._check_num_classes(num_classes)
+        if tap_shape is not None and (
+                not isinstance(tap_shape, (tuple, list)) or not tap_shape
+                or not all(_is_int(s) and s >= 1 for s in tap_shape)):
+            raise PrivatenetError(f"tap_shape={tap_shape!r} is invalid; give the tap's shape "
+                                  "without the batch dimension, e.g. (512, 7, 7)")
+        # Shapes come from the caller or from the known adversary's config; both must agree.
+        for name, given in (("num_classes", num_classes), ("tap_shape", tap_shape)):
+            inferred = known_config.get(name) if known_config else None
+            if given is None and inferred is None:
+                raise PrivatenetError(f"loss='ensemble' needs {name}= (or a known adversary "
+                                      f"whose config holds it)")
+            if given is not None and inferred is not None and (
+                    list(given) if name == "tap_shape" else given) != inferred:
+                raise PrivatenetError(f"{name}={given!r} does not match the known adversary's "
+                                      f"{inferred!r}; drop {name}= or pass a matching value")
+        self.num_classes = self._check_num_classes(
+            num_classes if num_classes is not None else known_config["num_classes"])
+        self.tap_shape = tuple(tap_shape if tap_shape is not None else known_config["tap_shape"])
+        self.reinit_every = DEFAULT_REINIT_EVERY if reinit_every is None else reinit_every
+        if not _is_int(self.reinit_every) or self.reinit_every < 0:
+            raise PrivatenetError(f"reinit_every={reinit_every!r} is invalid; give an integer "
+                                  ">= 0 (0 never re-initialises)")
+        self.seed = 0 if seed is None else seed
+        if not _is_int(self.seed) or not 0 <= self.seed <= _MAX_SEED:
+            raise PrivatenetError(f"seed={seed!r} is invalid; give an integer in "
+                                  f"[0, {_MAX_SEED}]")
+        specs = DEFAULT_ENSEMBLE if members is None else members
+        if isinstance(specs, (str, Mapping)) or not isinstance(specs, Sequence):
+            raise PrivatenetError(f"members={members!r} is invalid; give a list of adversary "
+                                  "kinds or {'kind': ..., **options} dicts")
+        self.member_specs = [self._check_member(s) for s in specs]
+        if not self.member_specs and adversary is None:
+            raise PrivatenetError("loss='ensemble' needs at least one member; give members= "
+                                  "or a known adversary")
+        # How to rebuild each member from scratch: a spec ({"kind": ..., **options}), or None
+        # for a known adversary without config (reset by its layers' reset_parameters).
+        self._rebuild: list[dict | None] = []
+        built: list[nn.Module] = []
+        if adversary is not None:
+            built.append(copy.deepcopy(adversary))
+            self._rebuild.append(None if known_config is None else dict(known_config))
+        for spec in self.member_specs:
+            self._rebuild.append({**spec, "tap_shape": list(self.tap_shape),
+                                  "num_classes": self.num_classes})
+            built.append(self._fresh(len(built), _derived_seed(self.seed, len(built)),
+                                     template=None))
+        self.known = (None if adversary is None else
+                      dict(known_config) if known_config else type(adversary).__name__)
+        self.ensemble = _Ensemble(built)
+        self.ensemble.requires_grad_(True)
+        # One Adam over all members: Adam is per parameter and the members share none, so one
+        # step on the sum of their losses is one independent step of each.
+        self.optimizer = torch.optim.Adam(self.ensemble.members.parameters(), lr=self.lr,
+                                          weight_decay=self.weight_decay)
+
+    @staticmethod
+    def _check_member(spec: Any) -> dict:
+        if isinstance(spec, str):
+            spec = {"kind": spec}
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("kind"), str):
+            raise PrivatenetError(f"ensemble member {spec!r} is invalid; give an adversary kind "
+                                  "or a dict {'kind': ..., **options}")
+        clash = [k for k in ("tap_shape", "num_classes") if k in spec]
+        if clash:
+            raise PrivatenetError(f"ensemble member {dict(spec)!r} sets {clash[0]}; drop it, "
+                                  "the regularizer's tap_shape and num_classes apply")
+        return dict(spec)
+
+    def _fresh(self, index: int, seed: int, *, template: nn.Module | None) -> nn.Module:
+        """A newly initialised member ``index``, its weights drawn from ``seed`` alone (on CPU
+        in a forked random state, so neither the device nor the global RNG matters)."""
+        from privatenet.models import adversary_from_config
+
+        spec = self._rebuild[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if spec is not None:
+                return adversary_from_config(spec)
+            fresh = copy.deepcopy(template).cpu()
+            for layer in fresh.modules():
+                if hasattr(layer, "reset_parameters"):
+                    layer.reset_parameters()
+            return fresh
+
+    @property
+    def members(self) -> nn.ModuleList | None:
+        """The ensemble's adversaries (the known adversary first, if given); None otherwise."""
+        return None if self.ensemble is None else self.ensemble.members
+
+    # modes and checkpoints ----------------------------------------------------------------
 
     def extra_repr(self) -> str:
         return f"loss={self.loss!r}, lam={self.lam}, update={self.update!r}"
@@ -98,16 +340,70 @@ class PrivacyRegularizer(nn.Module):
     def train(self, mode: bool = True) -> PrivacyRegularizer:
         """Set the training flag; a fixed adversary stays in eval mode whatever the mode."""
         super().train(mode)
-        if self.update == "fixed":
+        if self.adversary is not None and self.update == "fixed":
             self.adversary.eval()
         return self
 
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        """The modules this regularizer trains, by name: what a training loop must checkpoint
+        with its model to resume exactly (empty for a fixed adversary and for hsic). The
+        ensemble's module holds its step counter as a buffer."""
+        if self.ensemble is not None:
+            return {"ensemble": self.ensemble}
+        if self.optimizer is not None:
+            return {"adversary": self.adversary}
+        return {}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The optimizers of :meth:`trainable_modules`, by name."""
+        if self.optimizer is None:
+            return {}
+        return {"ensemble" if self.ensemble is not None else "adversary": self.optimizer}
+
+    def _saved_modules(self) -> dict[str, nn.Module]:
+        # A fixed adversary is saved too (as it always was), so a file says what it ran against.
+        if self.adversary is not None:
+            return {"adversary": self.adversary}
+        return self.trainable_modules()
+
+    def settings(self) -> dict:
+        """Plain values of every setting that changes the result (the adversaries' weights
+        aside): loss, lam and update, and each mode's own settings."""
+        out: dict[str, Any] = {"loss": self.loss, "lam": self.lam, "update": self.update}
+        if self.loss == "adversarial":
+            # The loss changed from -CE to this bounded form; a run of the old form must not
+            # resume under the new one.
+            out["form"] = "-log(1-p_true)"
+        if self.update == "alternating" or self.loss == "ensemble":
+            out.update(lr=self.lr, weight_decay=self.weight_decay)
+        if self.loss == "hsic":
+            out.update(num_classes=self.num_classes, bandwidths=list(self.bandwidths),
+                       normalized=True)
+        if self.loss == "ensemble":
+            out.update(num_classes=self.num_classes, tap_shape=list(self.tap_shape),
+                       known=self.known, members=[dict(s) for s in self.member_specs],
+                       reinit_every=self.reinit_every, seed=self.seed)
+        # As JSON reads it back (tuples become lists), so a saved copy compares equal.
+        return json.loads(json.dumps(out))
+
+    # the privacy term -----------------------------------------------------------------------
+
     def forward(self, task_loss: torch.Tensor, features: torch.Tensor,
                 private: torch.Tensor) -> torch.Tensor:
-        """Eq. 8: ``(1 - lam) * task_loss + lam * L_priv(adversary(features), private)``.
+        """Eq. 8: ``(1 - lam) * task_loss + lam * privacy_term(features, private)``.
 
         ``task_loss``: a scalar; ``features``: (N, *tap_shape), still attached to the encoder's
         graph; ``private``: (N,) int64 class indices, -1 for unknown.
+        """
+        return total_loss(task_loss, self.privacy_term(features, private), self.lam)
+
+    def privacy_term(self, features: torch.Tensor, private: torch.Tensor) -> torch.Tensor:
+        """``L_priv`` alone (a float32 scalar), for losses that combine several terms. In
+        training mode this also takes the adversaries' step (alternating, ensemble), exactly
+        as a call of the regularizer does.
+
+        ``features``: (N, *tap_shape), attached to the encoder's graph; ``private``: (N,) class
+        indices, -1 for unknown (those rows are dropped; none left gives 0).
         """
         if features.shape[0] != private.shape[0]:
             raise PrivatenetError(f"{features.shape[0]} feature rows for {private.shape[0]} "
@@ -117,13 +413,18 @@ class PrivacyRegularizer(nn.Module):
         if not bool(known.all()):
             features, private = features[known], private[known]
         if features.shape[0] == 0:
-            priv = task_loss.new_zeros(())
+            priv = torch.zeros((), device=features.device)
+        elif self.loss == "hsic":
+            priv = hsic_loss(features, private, num_classes=self.num_classes,
+                             bandwidths=self.bandwidths)
+        elif self.loss == "ensemble":
+            priv = self._ensemble_term(features, private)
         elif self.update == "alternating" and self.training:
             priv = self._encoder_loss_then_adversary_step(features, private)
         else:
             priv = self.criterion(self.adversary(features), private)
         self.last_privacy_loss = priv.detach()
-        return total_loss(task_loss, priv, self.lam)
+        return priv
 
     def _encoder_loss_then_adversary_step(self, features: torch.Tensor,
                                           private: torch.Tensor) -> torch.Tensor:
@@ -143,12 +444,61 @@ class PrivacyRegularizer(nn.Module):
             self.last_adversary_loss = adv_ce.detach()
         return priv
 
+    def _ensemble_term(self, features: torch.Tensor, private: torch.Tensor) -> torch.Tensor:
+        members = self.ensemble.members
+        if not self.training:
+            return torch.stack([confusion_loss(m(features)) for m in members]).mean()
+        # As in the alternating update: each member scores the encoder as it is before its
+        # step, in eval mode, on copied weights that the in-place step cannot touch.
+        terms = []
+        for m in members:
+            state = {k: v.detach().clone() for k, v in m.state_dict().items()}
+            m.eval()
+            terms.append(confusion_loss(functional_call(m, state, (features,))))
+        priv = torch.stack(terms).mean()
+        if features.shape[0] >= 2:  # batch norm cannot train on one row
+            detached = features.detach()
+            members.train()
+            ces = torch.stack([F.cross_entropy(m(detached).float(), private) for m in members])
+            self.optimizer.zero_grad(set_to_none=True)
+            ces.sum().backward()
+            self.optimizer.step()
+            self.last_adversary_loss = ces.mean().detach()
+            self.last_member_losses = ces.detach()
+            self._count_step()
+        return priv
+
+    def _count_step(self) -> None:
+        calls = int(self.ensemble.calls) + 1
+        self.ensemble.calls.fill_(calls)
+        if self.reinit_every and calls % self.reinit_every == 0:
+            event = calls // self.reinit_every  # 1, 2, ...: member 0, 1, ... round-robin
+            self._reinit((event - 1) % len(self.ensemble.members), event)
+
+    def _reinit(self, index: int, event: int) -> None:
+        member = self.ensemble.members[index]
+        seed = _derived_seed(self.seed, len(self.ensemble.members) + event)
+        fresh = self._fresh(index, seed, template=member)
+        with torch.no_grad():
+            # In place (values copied to the member's device), so the optimizer keeps pointing
+            # at the member's parameters; their Adam moments belonged to the old weights.
+            member.load_state_dict(fresh.state_dict())
+        for p in member.parameters():
+            self.optimizer.state.pop(p, None)
+        log.debug("ensemble: re-initialised member %d after %d steps", index,
+                  event * self.reinit_every)
+
+    # save and load -------------------------------------------------------------------------
+
     def save(self, path: str | Path) -> None:
-        """Write the adversary's weights, its optimizer state and the settings to
-        ``path.safetensors`` + ``path.json`` (atomically; nothing is pickled)."""
+        """Write the adversaries' weights, their optimizer state, the ensemble's step counter
+        and the settings to ``path.safetensors`` + ``path.json`` (atomically; nothing is
+        pickled)."""
         from privatenet.train.checkpoint import optimizer_state, prefixed, save_checkpoint
 
-        tensors = prefixed("adversary", self.adversary.state_dict())
+        tensors: dict[str, torch.Tensor] = {}
+        for name, module in self._saved_modules().items():
+            tensors.update(prefixed(name, module.state_dict()))
         meta = {"regularizer": self.settings(), "optimizer": None}
         if self.optimizer is not None:
             opt_tensors, meta["optimizer"] = optimizer_state("optim", self.optimizer)
@@ -157,7 +507,7 @@ class PrivacyRegularizer(nn.Module):
 
     def load(self, path: str | Path) -> PrivacyRegularizer:
         """Restore what :meth:`save` wrote into this regularizer (same settings and adversary
-        architecture, else a one-line error). Returns ``self``."""
+        architectures, else a one-line error). Returns ``self``."""
         from privatenet.train.checkpoint import (
             load_checkpoint,
             load_optimizer_state,
@@ -169,15 +519,12 @@ class PrivacyRegularizer(nn.Module):
         if saved != self.settings():
             raise PrivatenetError(f"{path} holds a regularizer with settings {saved}, not "
                                   f"{self.settings()}; build it with those settings")
-        try:
-            self.adversary.load_state_dict(unprefixed("adversary", tensors), strict=True)
-        except RuntimeError as e:
-            raise PrivatenetError(f"{path} does not fit this adversary "
-                                  f"({str(e).strip().splitlines()[0]})") from None
+        for name, module in self._saved_modules().items():
+            try:
+                module.load_state_dict(unprefixed(name, tensors), strict=True)
+            except RuntimeError as e:
+                raise PrivatenetError(f"{path} does not fit this regularizer's {name} "
+                                      f"({str(e).strip().splitlines()[0]})") from None
         if self.optimizer is not None:
             load_optimizer_state("optim", self.optimizer, tensors, meta["optimizer"])
         return self
-
-    def settings(self) -> dict:
-        """The settings that define this regularizer: loss, lam and update."""
-        return {"loss": self.loss, "lam": self.lam, "update": self.update}

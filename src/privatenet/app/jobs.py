@@ -18,6 +18,7 @@ import torch
 
 from privatenet.data.base import Dataset, Split
 from privatenet.errors import PrivatenetError
+from privatenet.losses import LOSS_HELP, PRIVACY_LOSSES
 from privatenet.metrics import leakage
 from privatenet.models import (
     create_adversary,
@@ -25,6 +26,7 @@ from privatenet.models import (
     default_adversary,
     model_options,
     require_tap,
+    tap_shapes,
 )
 from privatenet.regularizer import PrivacyRegularizer
 from privatenet.train.checkpoint import (
@@ -55,6 +57,15 @@ def build_model(name: str, *, num_classes: int, image_size: int, **kwargs) -> to
     if "image_size" in model_options(name):
         kwargs["image_size"] = image_size
     return create_model(name, num_classes=num_classes, **kwargs)
+
+
+def architecture(net: torch.nn.Module) -> str:
+    """The registry name of ``net``'s architecture, looking through wrappers such as a
+    network erased at a tap (whose taps are its inner network's)."""
+    config = net.config
+    while "inner" in config:
+        config = config["inner"]
+    return config["name"]
 
 
 def check_classes(saved: list[str], data: Dataset, column: str, source: str | Path) -> None:
@@ -134,64 +145,177 @@ def evaluate_adversary(head: torch.nn.Module, model: torch.nn.Module, split: Spl
     return leakage(pred, split.labels[attribute], num_classes=num_classes, seed=config.seed)
 
 
+#: Every defence ``train`` and ``reproduce`` offer (docs/design.md §2.2): the regularizer's
+#: privacy losses, linear concept erasure at the tap, and HSIC training followed by erasure.
+DEFENCES = (*PRIVACY_LOSSES, "leace", "hsic+leace")
+#: One line per defence, for the command line's help.
+DEFENCE_HELP = {
+    **LOSS_HELP,
+    "leace": "LEACE at the tap (fitted on the starting network's train features, then the "
+             "layers after the tap fine-tuned): no linear attacker beats the majority rate",
+    "hsic+leace": "hsic training, then LEACE on its features",
+}
+#: Defences that erase the tap after (any) training with the privacy term.
+ERASING = ("leace", "hsic+leace")
+
+
+def check_defence(name: str) -> str:
+    """``name`` if it is one of :data:`DEFENCES`, else a one-line error."""
+    if name not in DEFENCES:
+        raise PrivatenetError(f"unknown defence {name!r}; use one of {', '.join(DEFENCES)}")
+    return name
+
+
+def _private_list(privacy: dict) -> tuple[list[str], list[str | None]]:
+    """The private attributes of ``privacy`` and their known adversaries (attack folders; None
+    where a defence needs none), as equal-length lists (one term per attribute)."""
+    private = privacy["private"]
+    private = [private] if isinstance(private, str) else list(private)
+    adversary = privacy.get("adversary")
+    if adversary is None:
+        adversary = [None] * len(private)
+    elif isinstance(adversary, (str, Path)):
+        adversary = [adversary]
+    adversary = list(adversary)
+    if not private or len(adversary) != len(private) or len(set(private)) != len(private):
+        raise PrivatenetError(f"give one known adversary per private attribute "
+                              f"({len(private)} attributes {private}, {len(adversary)} "
+                              "adversaries), each attribute once")
+    return private, [str(a) if a is not None else None for a in adversary]
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (weights files in a run's fingerprint and stage keys)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def make_regularizer(privacy: dict, *, adversary: torch.nn.Module | None,
+                     tap_shape: tuple[int, ...], num_classes: int,
+                     config: TrainConfig) -> PrivacyRegularizer:
+    """The privacy term of one attribute for ``privacy`` (see :func:`train_job`). ``hsic``
+    takes no adversary (a known one is only scored); ``ensemble`` starts from the known
+    adversary, if any, beside members of other capacities; the adversaries' own steps use the
+    run's Adam settings and seed."""
+    loss, lam = privacy["loss"], float(privacy["lam"])
+    if loss == "hsic":
+        return PrivacyRegularizer(None, loss=loss, lam=lam, num_classes=num_classes)
+    adam = {"lr": config.lr, "weight_decay": config.weight_decay}
+    if loss == "ensemble":
+        return PrivacyRegularizer(adversary, loss=loss, lam=lam, tap_shape=tap_shape,
+                                  num_classes=num_classes, seed=config.seed, **adam)
+    if adversary is None:
+        raise PrivatenetError(f"the {loss} loss needs a known adversary: pass the folder of an "
+                              "'attack' run on the starting network (adversary=...)")
+    return PrivacyRegularizer(adversary, loss=loss, lam=lam,
+                              update=privacy.get("update", "fixed"), **adam)
+
+
+def co_trained_adversary(regularizer: PrivacyRegularizer) -> torch.nn.Module | None:
+    """The adversary a regularizer trained alongside the network (alternating updates: its
+    adversary; an ensemble: its first member, the known adversary where one was given), or
+    None when its adversary stayed fixed or it has none."""
+    if regularizer.members is not None:
+        return regularizer.members[0]
+    if regularizer.optimizer is not None:
+        return regularizer.adversary
+    return None
+
+
 def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config: TrainConfig,
               model_kwargs: dict | None = None, init_from: str | Path | None = None,
               privacy: dict | None = None, resume: bool = False,
               callbacks: Callbacks | None = None) -> dict:
     """Train a network on ``target`` (optionally privacy-preserving) and evaluate it.
 
-    ``privacy`` holds ``loss``, ``tap``, ``private``, ``lam``, ``adversary`` (an attack folder:
-    the known adversary) and ``update`` (``fixed`` or ``alternating``). ``init_from`` starts
-    from the weights of a finished train folder of the same architecture instead of from
-    scratch. Every input is checked before ``out`` is claimed (:func:`open_run`): a resumed run
-    must name the same data (content), starting network, adversary and settings. Returns (and
-    writes) the results: task utility on the test split, and with ``privacy`` the known
-    adversary's leakage on the new features.
+    ``privacy`` holds ``loss``, ``tap``, ``lam``, ``update`` (``fixed`` or ``alternating``),
+    ``private`` (one attribute or a list: one privacy term each) and ``adversary`` (the known
+    adversary's attack folder, or a list with one per attribute). ``init_from`` starts from the
+    weights of a finished train folder of the same architecture instead of from scratch;
+    ``model_kwargs`` may name ``backbone_weights`` (a file; its SHA-256 is in the fingerprint).
+    Every input is checked before ``out`` is claimed (:func:`open_run`): a resumed run must
+    name the same data (content), starting network, adversaries and settings.
+
+    Utility is scored on every test row with a known target (docs/design.md §5); the task loss
+    uses every train row and the privacy term only the rows whose private label is known.
+    Returns (and writes) the results: task utility, and with ``privacy`` the known adversary's
+    leakage on the new features (``known``, per attribute under ``known_by``) and, for an
+    adversary trained during the run, the co-trained adversary's (``co_trained``).
     """
     model_kwargs = dict(model_kwargs or {})
     privacy = dict(privacy) if privacy else None
-    if privacy is not None and privacy["private"] == target:
+    private, adversaries = _private_list(privacy) if privacy else ([], [])
+    if target in private:
         raise PrivatenetError(f"the private attribute {target!r} is the task target; protect "
                               "another column than the one the network must predict")
-    columns = [target] + ([privacy["private"]] if privacy else [])
-    train, test = data.split("train", columns), data.split("test", columns)
+    data.check_train_classes(private)
+    train, test = data.split("train", [target]), data.split("test", [target])
     settings = {"job": "train", "data": data.name, "model": model, "model_kwargs": model_kwargs,
                 "target": target, "train": asdict(config),
                 "init_from": str(init_from) if init_from else None,
-                "privacy": {k: str(v) for k, v in privacy.items()} if privacy else None}
-    # Paths are left out of the fingerprint's settings: the data, the starting network and the
-    # adversary are compared by content, so a moved folder still resumes.
+                "privacy": privacy and {k: v for k, v in privacy.items()
+                                        if k not in ("private", "adversary")}
+                | {"private": private, "adversary": adversaries}}
+    # Paths are left out of the fingerprint's settings: the data, the starting network, the
+    # weights file and the adversaries are compared by content, so a moved folder still resumes.
     fingerprint = {"data": data_fingerprint(data), "init": None, "adversary": None,
+                   "backbone_weights": None,
                    "settings": {k: v for k, v in settings.items()
-                                if k not in ("data", "init_from", "privacy")}
-                   | {"privacy": {k: v for k, v in settings["privacy"].items()
-                                  if k != "adversary"} if privacy else None}}
+                                if k not in ("data", "init_from", "privacy", "model_kwargs")}
+                   | {"model_kwargs": {k: v for k, v in model_kwargs.items()
+                                       if k != "backbone_weights"},
+                      "privacy": privacy and {k: v for k, v in settings["privacy"].items()
+                                              if k != "adversary"}}}
     # Check every input before anything is written.
+    if model_kwargs.get("backbone_weights") is not None:
+        fingerprint["backbone_weights"] = file_digest(model_kwargs["backbone_weights"])
     init = None
     if init_from is not None:
         init, init_meta = load_model(init_from, expect=model)
         check_classes(init_meta["classes"], data, target, init_from)
         fingerprint["init"] = checkpoint_digest(_model_stem(init_from))
-    regularizer = None
+    known: dict[str, torch.nn.Module | None] = {}
     if privacy is not None:
-        known, adv_meta = load_adversary(privacy["adversary"])
-        check_classes(adv_meta["classes"], data, privacy["private"], privacy["adversary"])
-        if adv_meta.get("tap") != privacy["tap"] or adv_meta.get("attribute") != \
-                privacy["private"]:
-            raise PrivatenetError(
-                f"{privacy['adversary']} attacks {adv_meta.get('attribute')!r} on tap "
-                f"{adv_meta.get('tap')!r}, not {privacy['private']!r} on {privacy['tap']!r}; "
-                "pass the matching attack folder")
-        regularizer = PrivacyRegularizer(known, loss=privacy["loss"], lam=float(privacy["lam"]),
-                                         update=privacy.get("update", "fixed"), lr=config.lr,
-                                         weight_decay=config.weight_decay)
-        fingerprint["adversary"] = checkpoint_digest(_adversary_stem(privacy["adversary"]))
+        fingerprint["adversary"] = []
+        for p, adv_run in zip(private, adversaries, strict=True):
+            if adv_run is None:
+                known[p] = None
+                fingerprint["adversary"].append(None)
+                continue
+            known[p], adv_meta = load_adversary(adv_run)
+            check_classes(adv_meta["classes"], data, p, adv_run)
+            if adv_meta.get("tap") != privacy["tap"] or adv_meta.get("attribute") != p:
+                raise PrivatenetError(
+                    f"{adv_run} attacks {adv_meta.get('attribute')!r} on tap "
+                    f"{adv_meta.get('tap')!r}, not {p!r} on {privacy['tap']!r}; pass the "
+                    "matching attack folder")
+            fingerprint["adversary"].append(checkpoint_digest(_adversary_stem(adv_run)))
     seed_everything(config.seed)
     num_classes = len(data.classes[target])
     net = build_model(model, num_classes=num_classes, image_size=image_size_of(data),
                       **model_kwargs)
-    if privacy is not None:
+    if "backbone_weights" in net.config:
+        # The weights are in the state dict now; a config naming the file would read it again
+        # (or fail where it moved) each time the network is loaded.
+        net.config = {**net.config, "backbone_weights": None}
+    regularizers = []
+    erase = privacy is not None and privacy["loss"] in ERASING
+    if erase and (init is None or len(private) != 1):
+        raise PrivatenetError(f"{privacy['loss']} erases one private attribute at the tap of a "
+                              "trained network: pass init_from and a single private attribute")
+    if privacy is not None and privacy["loss"] != "leace":
         require_tap(net, privacy["tap"])
+        shape = tap_shapes(net, image_size=image_size_of(data))[privacy["tap"]]
+        term = dict(privacy, loss="hsic") if privacy["loss"] == "hsic+leace" else privacy
+        regularizers = [make_regularizer(
+            term, adversary=known[p], tap_shape=shape,
+            num_classes=len(data.classes[p]), config=config) for p in private]
+        fingerprint["regularizers"] = [r.settings() for r in regularizers]
     if init is not None:
         if init.config != net.config:
             raise PrivatenetError(f"{init_from} holds a network with other settings "
@@ -201,21 +325,72 @@ def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config
         if run.finished:
             return run.results()
         write_yaml(run.path / "config.yaml", settings)
-        history = fit(model=net, train=train, target=target, config=config,
-                      regularizer=regularizer, tap=privacy["tap"] if privacy else None,
-                      private=privacy["private"] if privacy else None,
-                      run_dir=run.path / "train", resume=resume, callbacks=callbacks)
+        history = []
+        if not erase or regularizers:
+            history = fit(model=net, train=train, target=target, config=config,
+                          regularizer=regularizers or None,
+                          tap=[privacy["tap"]] * len(private) if regularizers else None,
+                          private=private if regularizers else None,
+                          run_dir=run.path / "train", resume=resume, callbacks=callbacks)
+        if erase:
+            net, more = _erase_and_finetune(net, train, data, privacy["tap"], private[0],
+                                            target, config, run.path / "erased", resume,
+                                            callbacks)
+            history += more
         results = {"utility": evaluate_task(net, test, target, num_classes, config),
                    "history": history}
         if privacy is not None:
-            results["known"] = evaluate_adversary(
-                known, net, test, tap=privacy["tap"], attribute=privacy["private"],
-                num_classes=len(data.classes[privacy["private"]]), config=config)
+            results.update(_privacy_results(net, test, data, privacy["tap"], private, known,
+                                            regularizers, config))
         save_module(run.path / "model", net.cpu(), {
             "role": "model", "data": data.name, "target": target,
             "classes": data.classes[target], "image_size": image_size_of(data)})
         write_json(run.path / "results.json", results)
     return results
+
+
+def _erase_and_finetune(net: torch.nn.Module, train: Split, data: Dataset, tap: str,
+                        attribute: str, target: str, config: TrainConfig, run_dir: Path,
+                        resume: bool, callbacks: Callbacks | None
+                        ) -> tuple[torch.nn.Module, list[dict]]:
+    """LEACE at ``tap`` fitted on ``net``'s train features (docs/design.md §2.2), the layers
+    before the tap frozen, then the layers after it fine-tuned for ``config.epochs``. The
+    eraser is a deterministic function of the network and the data, so a resumed run rebuilds
+    the same one and continues the fine-tuning from its checkpoint."""
+    from privatenet.erasure import erase_at_tap, fit_eraser
+
+    device = resolve_device(config.device)
+    feats = extract(net.to(device), train.images, tap=tap, batch_size=config.eval_batch_size,
+                    device=device)
+    eraser = fit_eraser(feats, train.labels[attribute],
+                        num_classes=len(data.classes[attribute]))
+    del feats
+    erased = erase_at_tap(net.cpu(), tap=tap, eraser=eraser, image_size=image_size_of(data))
+    history = fit(model=erased, train=train, target=target, config=config, run_dir=run_dir,
+                  resume=resume, callbacks=callbacks)
+    return erased, history
+
+
+def _privacy_results(net, test: Split, data: Dataset, tap: str, private: list[str],
+                     known: dict, regularizers: list, config: TrainConfig) -> dict:
+    """The known adversaries' and the co-trained adversaries' leakage on the new features of
+    the test rows whose private label is known (per attribute; the first one also at the top
+    level, as for a single attribute)."""
+    out: dict = {"known_by": {}, "co_trained_by": {}}
+    for i, p in enumerate(private):
+        k = len(data.classes[p])
+        if known[p] is not None:
+            out["known_by"][p] = evaluate_adversary(known[p], net, test, tap=tap, attribute=p,
+                                                    num_classes=k, config=config)
+        trained = co_trained_adversary(regularizers[i]) if regularizers else None
+        if trained is not None:
+            out["co_trained_by"][p] = evaluate_adversary(trained, net, test, tap=tap,
+                                                         attribute=p, num_classes=k,
+                                                         config=config)
+    for key in ("known", "co_trained"):
+        if private[0] in out[f"{key}_by"]:
+            out[key] = out[f"{key}_by"][private[0]]
+    return out
 
 
 def _attacked_network(model_run: str | Path, data: Dataset, tap: str, attribute: str,
@@ -241,7 +416,7 @@ def attack_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str
     ``attribute``; evaluate it on the test split (the leakage report of docs/design.md §5).
     A resumed attack must name the same data, network and settings."""
     net, meta, train, test = _attacked_network(model_run, data, tap, attribute, "attack")
-    head = head or default_adversary(net.config["name"], tap)
+    head = head or default_adversary(architecture(net), tap)
     settings = {"job": "attack", "data": data.name, "model_run": str(model_run), "tap": tap,
                 "attribute": attribute, "head": head, "train": asdict(config)}
     fingerprint = {"data": data_fingerprint(data),
@@ -269,6 +444,30 @@ def attack_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str
         save_module(run.path / "adversary", adversary.cpu(), {
             "role": "adversary", "tap": tap, "attribute": attribute,
             "classes": data.classes[attribute], "model_run": str(model_run)})
+        write_json(run.path / "results.json", results)
+    return results
+
+
+def known_job(*, data: Dataset, model_run: str | Path, adversary_run: str | Path,
+              config: TrainConfig, out: str | Path) -> dict:
+    """Score a known adversary (an attack folder, trained on another network) on the tap
+    features of the network of ``model_run``: how much of its accuracy survives the change of
+    features (the paper's K column for a network trained without that adversary, such as the
+    lambda = 0 control). Writes ``results.json``."""
+    adversary, adv_meta = load_adversary(adversary_run)
+    tap, attribute = adv_meta["tap"], adv_meta["attribute"]
+    net, _, _, test = _attacked_network(model_run, data, tap, attribute, "score")
+    check_classes(adv_meta["classes"], data, attribute, adversary_run)
+    fingerprint = {"data": data_fingerprint(data),
+                   "network": checkpoint_digest(_model_stem(model_run)),
+                   "adversary": checkpoint_digest(_adversary_stem(adversary_run)),
+                   "settings": {"job": "known", "seed": config.seed}}
+    with open_run(out, kind="known", fingerprint=fingerprint, resume=True) as run:
+        if run.finished:
+            return run.results()
+        results = {"attribute": attribute, "tap": tap, **evaluate_adversary(
+            adversary, net, test, tap=tap, attribute=attribute,
+            num_classes=len(data.classes[attribute]), config=config)}
         write_json(run.path / "results.json", results)
     return results
 
@@ -316,13 +515,14 @@ AUDIT_IMAGE_SIDE = 16
 
 def audit_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str,
               config: TrainConfig, out: str | Path, zoo: str = "quick", seeds: int = 1,
-              on_attacker=None) -> dict:
+              controls: bool = True, mdl: bool = True, on_attacker=None) -> dict:
     """The worst-case leakage audit (:func:`privatenet.audit.audit`) of ``tap`` of a trained
     network for ``attribute``, with three controls: the task output (the logits a deployment
     reveals anyway: the floor), the same tap of a randomly initialised network of the same
     architecture, and the image itself at 16x16 pixels (the ceiling). Writes ``audit.json``,
     ``audit.md``, ``audit.png`` and ``results.json`` (the headline, written last) into ``out``;
-    the same call again returns the finished audit."""
+    the same call again returns the finished audit. ``controls=False`` and ``mdl=False`` leave
+    out the controls and the description length (Table 2's audit column needs neither)."""
     from torch.nn.functional import interpolate
 
     from privatenet.app.report import audit_markdown, plot_audit
@@ -332,7 +532,8 @@ def audit_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str,
     check_audit_settings(zoo=zoo, seeds=seeds)
     net, meta, train, test = _attacked_network(model_run, data, tap, attribute, "audit")
     settings = {"job": "audit", "data": data.name, "model_run": str(model_run), "tap": tap,
-                "attribute": attribute, "zoo": zoo, "seeds": seeds, "seed": config.seed}
+                "attribute": attribute, "zoo": zoo, "seeds": seeds, "seed": config.seed,
+                "controls": controls, "mdl": mdl}
     fingerprint = {"data": data_fingerprint(data),
                    "network": checkpoint_digest(_model_stem(model_run)),
                    "settings": {k: v for k, v in settings.items()
@@ -350,29 +551,31 @@ def audit_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str,
         def features(model, split, which):
             return extract(model, split.images, tap=which, batch_size=bs, device=device)
 
-        seed_everything(config.seed)
-        random_net = model_from_config(net.config).to(device)
+        control_features = None
+        if controls:
+            seed_everything(config.seed)
+            random_net = model_from_config(net.config).to(device)
 
-        def image(split):
-            return interpolate(split.images.float() / 255.0, size=AUDIT_IMAGE_SIDE,
-                               mode="area").flatten(1)
+            def image(split):
+                return interpolate(split.images.float() / 255.0, size=AUDIT_IMAGE_SIDE,
+                                   mode="area").flatten(1)
 
-        controls = {
-            "task output": (features(net, train, None), features(net, test, None)),
-            "random network": (features(random_net, train, tap),
-                               features(random_net, test, tap)),
-            f"image {AUDIT_IMAGE_SIDE}x{AUDIT_IMAGE_SIDE}": (image(train), image(test)),
-        }
+            control_features = {
+                "task output": (features(net, train, None), features(net, test, None)),
+                "random network": (features(random_net, train, tap),
+                                   features(random_net, test, tap)),
+                f"image {AUDIT_IMAGE_SIDE}x{AUDIT_IMAGE_SIDE}": (image(train), image(test)),
+            }
         train_feats, test_feats = features(net, train, tap), features(net, test, tap)
         heads = {}
         if zoo == "full":  # the model's head for this tap retrained, and a deeper one on maps
-            kinds = [default_adversary(net.config["name"], tap)] + (
+            kinds = [default_adversary(architecture(net), tap)] + (
                 ["conv"] if train_feats.dim() == 4 else [])
             heads = {f"head:{k}": (lambda shape, n, k=k: create_adversary(
                 k, tap_shape=shape, num_classes=n)) for k in dict.fromkeys(kinds)}
         result = audit(train_feats, train.labels[attribute], test_feats,
                        test.labels[attribute], num_classes=len(data.classes[attribute]),
-                       zoo=zoo, seeds=seeds, controls=controls, heads=heads,
+                       zoo=zoo, seeds=seeds, controls=control_features, heads=heads, mdl=mdl,
                        device=str(device), on_attacker=on_attacker)
         result.update(tap=tap, attribute=attribute, classes=list(data.classes[attribute]),
                       model_run=str(model_run), data=data.name)
@@ -381,7 +584,7 @@ def audit_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str,
                           f"{tap!r} of {model_run}\n\n" + audit_markdown(result))
         atomic_write_bytes(run.path / "audit.png", plot_audit(result))
         headline = {"worst": result["worst"], "controls": {
-            k: v["worst"] for k, v in result["controls"].items()},
+            k: v["worst"] for k, v in result.get("controls", {}).items()},
             "mdl": result.get("mdl"), "tap": tap, "attribute": attribute}
         write_json(run.path / "results.json", headline)
     return result

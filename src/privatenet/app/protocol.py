@@ -14,19 +14,35 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import statistics
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from privatenet.app.jobs import attack_job, build_model, image_size_of, load_model, train_job
-from privatenet.app.latency import latency_ms
+import torch
+
+from privatenet.app.jobs import (
+    DEFENCES,
+    attack_job,
+    audit_job,
+    build_model,
+    check_defence,
+    file_digest,
+    image_size_of,
+    known_job,
+    load_model,
+    train_job,
+)
+from privatenet.app.latency import PRECISIONS, latency_ms
+from privatenet.audit import check_audit_settings
 from privatenet.data import load_dataset
 from privatenet.data.spec import DataSpec, check_image_size, parse_spec
 from privatenet.errors import PrivatenetError
-from privatenet.losses import PRIVACY_LOSSES, check_lam, check_loss
+from privatenet.losses import PAPER_LOSSES, check_lam, check_loss
 from privatenet.metrics import robustness
 from privatenet.models import default_adversary, require_tap
-from privatenet.models.registry import check_model_name
+from privatenet.models.registry import check_model_name, model_options
 from privatenet.regularizer import check_update
 from privatenet.train.checkpoint import read_json, write_json, write_yaml
 from privatenet.train.config import TrainConfig, resolve_device
@@ -53,27 +69,33 @@ class ProtocolConfig:
     private: list[str] = field(default_factory=lambda: ["gender", "age"])
     model: str = "arm_resnet18"
     taps: list[str] | None = None  # None: every tap of the model
-    losses: list[str] = field(default_factory=lambda: list(PRIVACY_LOSSES))
+    losses: list[str] = field(default_factory=lambda: list(DEFENCES))
     lam: float = 0.5  # lambda of the Table 2 networks
     lambdas: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0])
     sweep_tap: str | None = None  # None: the first tap (backbone for the ARM network)
     sweep_attribute: str | None = None  # None: the last private attribute (age by default)
     sweep_loss: str = "confusion"
     init: str = "original"  # privacy networks start from the original network's weights
-    adversarial_update: str = "alternating"
+    adversarial_update: str = "fixed"  # the paper's: the known adversary is held fixed
     image_size: int | None = 224
+    backbone_weights: str | None = None  # torchvision ResNet-18 weights (the paper: ImageNet)
+    seeds: int = 1  # Tables 1-2 and the sweep as mean and std over seeds seed, seed+1, ...
+    audit_zoo: str = "quick"  # the audit column's attacker zoo; "none" leaves the column out
+    audit_mdl: bool = False  # add the online description length to the audit column
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=200))
     adversary_epochs: int = 200
     privacy_epochs: int = 200
     latency_repeats: int = 100
+    latency_precision: str = "fp32"  # Table 3 as in the paper; bf16 is a labelled extra
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         self.data = parse_spec(self.data)
         if isinstance(self.train, dict):
             self.train = TrainConfig(**self.train)
-        for loss in [*self.losses, self.sweep_loss]:
-            check_loss(loss)
+        for loss in self.losses:
+            check_defence(loss)
+        check_loss(self.sweep_loss)
         check_update(self.adversarial_update)
         if self.init not in ("original", "scratch"):
             raise PrivatenetError(f"init={self.init!r} is unknown; use original or scratch")
@@ -89,10 +111,27 @@ class ProtocolConfig:
         check_model_name(self.model)
         self.stage_config(self.adversary_epochs)  # the same checks as the task's epochs
         self.stage_config(self.privacy_epochs)
-        if isinstance(self.latency_repeats, bool) or not isinstance(self.latency_repeats, int) \
-                or self.latency_repeats < 2:
-            raise PrivatenetError(f"latency_repeats={self.latency_repeats!r} is invalid; give "
-                                  "an integer >= 2")
+        for name, low in (("latency_repeats", 2), ("seeds", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise PrivatenetError(f"{name}={value!r} is invalid; give an integer >= {low}")
+        if self.latency_precision not in PRECISIONS:
+            raise PrivatenetError(f"latency_precision={self.latency_precision!r} is unknown; "
+                                  f"use one of {', '.join(PRECISIONS)}")
+        if not isinstance(self.audit_mdl, bool):
+            raise PrivatenetError(f"audit_mdl={self.audit_mdl!r} is invalid; give True or False")
+        if self.audit_zoo != "none":
+            check_audit_settings(zoo=self.audit_zoo, seeds=1)
+        if self.backbone_weights is not None:
+            if "backbone_weights" not in model_options(self.model):
+                raise PrivatenetError(f"backbone_weights: model {self.model!r} takes no "
+                                      "backbone weights; use arm_resnet18 or resnet18")
+            path = Path(self.backbone_weights).expanduser()
+            if not path.is_file():
+                raise PrivatenetError(f"backbone_weights={self.backbone_weights!r}: no such "
+                                      "file; give the path of torchvision's ResNet-18 weights "
+                                      "(resnet18-f37072fd.pth)")
+            self.backbone_weights = str(path.resolve())
 
     def stage_config(self, epochs: int) -> TrainConfig:
         """The task networks' optimisation settings with ``epochs`` epochs."""
@@ -108,21 +147,27 @@ class ProtocolConfig:
 
 
 #: Named settings. ``paper`` is the paper's (arm_resnet18, 224x224, Adam 1e-3, 200 epochs,
-#: RAF-DB, gender and age, taps backbone and arm; batch 256 and the rest of the recipe from the
-#: public ARM scripts); ``quick`` the same network and protocol with 20 epochs; ``demo`` the CPU
-#: demo on synthfaces; ``smoke`` a seconds-long check of the plumbing.
+#: RAF-DB, gender and age, taps backbone and arm, its two losses with the known adversary held
+#: fixed; batch 256 and the rest of the recipe from the public ARM scripts; pass
+#: ``backbone_weights`` for its ImageNet start); ``quick`` the same network with every defence
+#: and 20 epochs; ``demo`` the CPU demo on synthfaces (the backbone tap and age, the paper's two
+#: losses, hsic and leace, a three-point sweep); ``smoke`` a seconds-long check of the plumbing.
+#: Without a preset, every defence is compared (:data:`~privatenet.app.jobs.DEFENCES`).
 PRESETS: dict[str, dict] = {
     "paper": {"model": "arm_resnet18", "image_size": 224, "epochs": 200,
               "adversary_epochs": 200, "privacy_epochs": 200, "batch_size": 256,
-              "private": ["gender", "age"]},
+              "private": ["gender", "age"], "losses": list(PAPER_LOSSES),
+              "adversarial_update": "fixed"},
     "quick": {"model": "arm_resnet18", "image_size": 224, "epochs": 20, "adversary_epochs": 20,
               "privacy_epochs": 20, "batch_size": 64, "latency_repeats": 50},
     "demo": {"data": "synthfaces:n=3000,size=64", "model": "arm_small", "image_size": 64,
              "epochs": 8, "adversary_epochs": 15, "privacy_epochs": 4, "batch_size": 64,
-             "lr": 2e-3, "lambdas": [0.0, 0.3, 0.5, 0.7, 0.9, 1.0], "latency_repeats": 30},
+             "lr": 2e-3, "private": ["age"], "taps": ["backbone"],
+             "losses": ["confusion", "adversarial", "hsic", "leace"],
+             "lambdas": [0.0, 0.5, 1.0], "latency_repeats": 30},
     "smoke": {"model": "small_cnn", "image_size": 32, "epochs": 1, "adversary_epochs": 1,
               "privacy_epochs": 1, "batch_size": 32, "lambdas": [0.0, 1.0],
-              "latency_repeats": 3},
+              "losses": list(PAPER_LOSSES), "latency_repeats": 3},
 }
 
 
@@ -139,7 +184,12 @@ def resolve_config(preset: str | None, overrides: dict) -> ProtocolConfig:
     values = dict(PRESETS.get(preset, {}))
     values.update({k: v for k, v in overrides.items() if v is not None})
     train = {"epochs": 200} | {k: values.pop(k) for k in list(values) if k in train_names}
-    return ProtocolConfig(**values, train=TrainConfig(**train))
+    config = ProtocolConfig(**values, train=TrainConfig(**train))
+    if preset == "paper" and config.backbone_weights is None:
+        log.warning("the paper's network starts from ImageNet weights; without them these "
+                    "numbers cannot be the paper's. Pass backbone_weights=PATH (torchvision's "
+                    "resnet18-f37072fd.pth, read weights-only)")
+    return config
 
 
 def _digest(key: dict) -> str:
@@ -165,9 +215,11 @@ class _Stages:
                 raise PrivatenetError(f"{e}; delete the stage folder {folder} and run the same "
                                       "command again to recompute that stage") from None
         else:
+            start = time.perf_counter()
             result = job(folder)
+            seconds = round(time.perf_counter() - start, 2)
         self.log.append({"stage": name, "folder": str(folder.relative_to(self.out)),
-                         "cached": cached})
+                         "cached": cached} | ({} if cached else {"seconds": seconds}))
         return result, folder, digest
 
 
@@ -205,108 +257,195 @@ def _reproduce(config: ProtocolConfig, out: Path,
     if sweep_tap not in taps or sweep_attr not in config.private:
         raise PrivatenetError(f"the lambda sweep on {sweep_attr!r} from {sweep_tap!r} needs that "
                               "tap in taps and that attribute in private")
-    task_cfg = config.train
-    adv_cfg = config.stage_config(config.adversary_epochs)
-    priv_cfg = config.stage_config(config.privacy_epochs)
     write_yaml(out / "config.yaml", config.to_dict())
     stages = _Stages(out, on_stage)
     # The data's content is part of every stage's key: replaced images or labels under the same
-    # spec recompute the stages instead of reusing numbers from other data.
+    # spec recompute the stages instead of reusing numbers from other data. So is the starting
+    # backbone's content (the from-scratch stages; every other stage keys on their hashes).
     base = {"data": data.name, "data_content": data.fingerprint(), "image_size": size,
-            "model": config.model}
+            "model": config.model, "backbone_weights": None if config.backbone_weights is None
+            else file_digest(config.backbone_weights)}
+    seeds = [config.train.seed + i for i in range(config.seeds)]
+    runs = [_one_seed(config, replace(config.train, seed=seed), data, taps, sweep_tap,
+                      sweep_attr, base, stages, cb) for seed in seeds]
+    results = dict(runs[0])
+    if len(runs) > 1:
+        results["table1"], results["table2"], results["lambda_sweep"] = (
+            _over_seeds([r[key] for r in runs]) for key in ("table1", "table2", "lambda_sweep"))
+        results["utility"]["over_seeds"] = _stats(
+            [r["utility"]["original"]["accuracy"] for r in runs])
+    # Table 3 (the first seed's networks) -------------------------------------------------
+    device = resolve_device(config.train.device)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    latency = []
+    for name, folder in runs[0]["networks"]:
+        key = {"network": folder.name, "device": str(device), "device_name": device_name,
+               "precision": config.latency_precision, "repeats": config.latency_repeats}
+        res, _, _ = stages.run("latency-" + name.replace("/", "-"), key,
+                               lambda d, f=folder: _latency_stage(d, f, size, config))
+        latency.append({"network": name, **res})
+    results.pop("networks")
+    results.update({
+        "config": config.to_dict() | {"taps": taps, "sweep_tap": sweep_tap,
+                                      "sweep_attribute": sweep_attr, "seed_list": seeds},
+        "classes": {c: data.classes[c] for c in [config.target, *config.private]},
+        "latency_ms": latency, "stages": stages.log})
+    write_json(out / "results.json", results)
+    write_report(results, out)
+    return results
+
+
+def _one_seed(config: ProtocolConfig, task_cfg: TrainConfig, data, taps: list[str],
+              sweep_tap: str, sweep_attr: str, base: dict, stages: _Stages,
+              cb: Callable[[str], Callbacks | None]) -> dict:
+    """Every network and adversary of Tables 1 and 2 and the sweep for one seed."""
+    adv_cfg = replace(task_cfg, epochs=config.adversary_epochs)
+    priv_cfg = replace(task_cfg, epochs=config.privacy_epochs)
+    tag = "" if task_cfg.seed == config.train.seed else f"-seed{task_cfg.seed}"
+    weights = {"backbone_weights": config.backbone_weights} if config.backbone_weights else {}
 
     # Original network (utility) ---------------------------------------------------------
     orig_key = {**base, "target": config.target, "train": asdict(task_cfg)}
-    original, orig_dir, orig_hash = stages.run("original", orig_key, lambda d: train_job(
+    original, orig_dir, orig_hash = stages.run("original" + tag, orig_key, lambda d: train_job(
         data=data, out=d, model=config.model, target=config.target, config=task_cfg,
-        resume=True, callbacks=cb("original")))
+        model_kwargs=weights, resume=True, callbacks=cb("original")))
+
+    def attack(name: str, net_dir: Path, net_hash: str, tap: str, attr: str) -> dict:
+        head = default_adversary(config.model, tap)
+        key = {"network": net_hash, "tap": tap, "attribute": attr, "head": head,
+               "train": asdict(adv_cfg)}
+        return stages.run(f"attack-{name}{tag}", key, lambda d: attack_job(
+            data=data, model_run=net_dir, tap=tap, attribute=attr, head=head, config=adv_cfg,
+            out=d, resume=True, callbacks=cb(f"attack {name}")))
+
+    def audit(name: str, net_dir: Path, net_hash: str, tap: str, attr: str) -> dict | None:
+        if config.audit_zoo == "none":
+            return None
+        key = {"network": net_hash, "tap": tap, "attribute": attr, "zoo": config.audit_zoo,
+               "seed": task_cfg.seed, "mdl": config.audit_mdl}
+        res, _, _ = stages.run(f"audit-{name}{tag}", key, lambda d: audit_job(
+            data=data, model_run=net_dir, tap=tap, attribute=attr, config=task_cfg, out=d,
+            zoo=config.audit_zoo, controls=False, mdl=config.audit_mdl))
+        mdl = res.get("mdl")
+        return res["worst"] | ({"compression": mdl["compression"]} if mdl else {})
 
     # Table 1 ----------------------------------------------------------------------------
     table1, known = [], {}
     for attr in config.private:
         key = {**base, "target": attr, "train": asdict(task_cfg)}
-        res, _, _ = stages.run(f"image-{attr}", key, lambda d, a=attr: train_job(
-            data=data, out=d, model=config.model, target=a, config=task_cfg, resume=True,
-            callbacks=cb(f"image-{a}")))
+        res, _, _ = stages.run(f"image-{attr}{tag}", key, lambda d, a=attr: train_job(
+            data=data, out=d, model=config.model, target=a, config=task_cfg,
+            model_kwargs=weights, resume=True, callbacks=cb(f"image-{a}")))
         table1.append({"attribute": attr, "source": "image", **_report_row(res["utility"])})
         for tap in taps:
-            head = default_adversary(config.model, tap)
-            key = {"network": orig_hash, "tap": tap, "attribute": attr, "head": head,
-                   "train": asdict(adv_cfg)}
-            res, folder, digest = stages.run(f"attack-original-{tap}-{attr}", key,
-                                             lambda d, t=tap, a=attr, h=head: attack_job(
-                data=data, model_run=orig_dir, tap=t, attribute=a, head=h, config=adv_cfg,
-                out=d, resume=True, callbacks=cb(f"attack {t} {a}")))
-            known[tap, attr] = (res, folder, digest)
-            table1.append({"attribute": attr, "source": tap, "head": head,
+            name = f"original-{tap}-{attr}"
+            known[tap, attr] = attack(name, orig_dir, orig_hash, tap, attr)
+            res = known[tap, attr][0]
+            table1.append({"attribute": attr, "source": tap, "head": res["head"],
+                           "audit": audit(name, orig_dir, orig_hash, tap, attr),
                            **_report_row(res)})
 
-    # Privacy-preserving networks (Table 2 and the sweep) ---------------------------------
-    def private_net(loss: str, tap: str, attr: str, lam: float) -> dict:
+    # The lambda = 0 control: fine-tuned exactly like the privacy networks, no privacy term --
+    key = {"original": orig_hash, "init": config.init, "train": asdict(priv_cfg)}
+    init = orig_dir if config.init == "original" else None
+    control_net, control_dir, control_hash = stages.run("finetune" + tag, key, lambda d: train_job(
+        data=data, out=d, model=config.model, target=config.target, config=priv_cfg,
+        init_from=init, model_kwargs={} if init else weights, resume=True,
+        callbacks=cb("finetune (lambda = 0 control)")))
+
+    def row(loss: str, tap: str, attr: str, lam: float) -> dict:
+        """One network's Table 2 row: utility, the known adversary K, the unknown adversary U
+        retrained on its features, the co-trained adversary, the audit's worst case."""
         k_res, k_dir, k_hash = known[tap, attr]
-        update = "fixed" if loss == "confusion" else config.adversarial_update
-        privacy = {"loss": loss, "tap": tap, "private": attr, "lam": lam, "update": update,
-                   "adversary": str(k_dir)}
-        key = {"original": orig_hash, "known": k_hash, "loss": loss, "lam": lam,
-               "update": update, "init": config.init, "train": asdict(priv_cfg)}
-        init = orig_dir if config.init == "original" else None
-        name = f"private-{loss}-{tap}-{attr}-lam{lam:g}"
-        net, net_dir, net_hash = stages.run(name, key, lambda d: train_job(
-            data=data, out=d, model=config.model, target=config.target, config=priv_cfg,
-            init_from=init, privacy=privacy, resume=True, callbacks=cb(name)))
-        head = default_adversary(config.model, tap)
-        key = {"network": net_hash, "tap": tap, "attribute": attr, "head": head,
-               "train": asdict(adv_cfg)}
-        unknown, _, _ = stages.run(f"attack-{name}", key, lambda d: attack_job(
-            data=data, model_run=net_dir, tap=tap, attribute=attr, head=head, config=adv_cfg,
-            out=d, resume=True, callbacks=cb(f"unknown {name}")))
+        if lam == 0.0:  # no privacy term: the control network, whatever the loss
+            name, net, net_dir, net_hash, update = (f"finetune-{tap}-{attr}", control_net,
+                                                    control_dir, control_hash, None)
+            key = {"network": net_hash, "known": k_hash}
+            k_now, _, _ = stages.run(f"known-{name}{tag}", key,
+                                     lambda d: known_job(data=data, model_run=control_dir,
+                                                         adversary_run=k_dir, config=task_cfg,
+                                                         out=d))
+        else:
+            update = config.adversarial_update if loss == "adversarial" else None
+            privacy = {"loss": loss, "tap": tap, "private": attr, "lam": lam,
+                       "update": update or "fixed", "adversary": str(k_dir)}
+            key = {"original": orig_hash, "known": k_hash, "loss": loss, "lam": lam,
+                   "update": update, "init": config.init, "train": asdict(priv_cfg)}
+            if loss == "adversarial":  # the bounded form replaced minus the cross-entropy
+                key["form"] = "-log(1-p_true)"
+            name = f"private-{loss}-{tap}-{attr}-lam{lam:g}"
+            net, net_dir, net_hash = stages.run(name + tag, key, lambda d: train_job(
+                data=data, out=d, model=config.model, target=config.target, config=priv_cfg,
+                init_from=init, model_kwargs={} if init else weights, privacy=privacy,
+                resume=True, callbacks=cb(name)))
+            k_now = net["known"]
+        unknown = attack(name, net_dir, net_hash, tap, attr)[0]
         return {"attribute": attr, "tap": tap, "loss": loss, "lam": lam, "update": update,
-                "utility": _report_row(net["utility"]), "known": _report_row(net["known"]),
+                "utility": _report_row(net["utility"]), "known": _report_row(k_now),
                 "unknown": _report_row(unknown),
-                "robustness_known": robustness(net["known"]["accuracy"], k_res["accuracy"]),
+                "co_trained": _report_row(net["co_trained"]) if "co_trained" in net else None,
+                "audit": audit(name, net_dir, net_hash, tap, attr),
+                "robustness_known": robustness(k_now["accuracy"], k_res["accuracy"]),
                 "robustness_unknown": robustness(unknown["accuracy"], k_res["accuracy"]),
+                "train_seconds": sum(h["seconds"] for h in net["history"]),
                 "network": str(net_dir)}
 
-    table2 = [private_net(loss, tap, attr, config.lam)
-              for loss in config.losses for tap in taps for attr in config.private]
+    # Table 2: the control first, then every defence --------------------------------------
+    table2 = [row("none", tap, attr, 0.0) for tap in taps for attr in config.private]
+    table2 += [row(loss, tap, attr, config.lam)
+               for loss in config.losses for tap in taps for attr in config.private]
     sweep = []
     for lam in config.lambdas:
-        row = private_net(config.sweep_loss, sweep_tap, sweep_attr, lam)
-        sweep.append({"lam": lam, "utility": row["utility"]["accuracy"],
-                      "known": row["known"]["accuracy"], "unknown": row["unknown"]["accuracy"],
-                      "utility_report": row["utility"], "known_report": row["known"],
-                      "unknown_report": row["unknown"]})
+        r = row(config.sweep_loss, sweep_tap, sweep_attr, lam)
+        sweep.append({"lam": lam, "utility": r["utility"]["accuracy"],
+                      "known": r["known"]["accuracy"], "unknown": r["unknown"]["accuracy"],
+                      "utility_report": r["utility"], "known_report": r["known"],
+                      "unknown_report": r["unknown"], "audit": r["audit"]})
+    networks = [("original", orig_dir), ("finetune", control_dir)] + [
+        (f"{r['loss']}/{r['tap']}/{r['attribute']}", Path(r["network"]))
+        for r in table2 if r["loss"] != "none"]
+    return {"utility": {"original": {k: original["utility"][k]
+                                     for k in ("accuracy", "balanced_accuracy")},
+                        "original_report": _report_row(original["utility"])},
+            "table1": table1, "table2": table2, "lambda_sweep": sweep, "networks": networks}
 
-    # Table 3 ----------------------------------------------------------------------------
-    networks = [("original", orig_dir)] + [
-        (f"{r['loss']}/{r['tap']}/{r['attribute']}", Path(r["network"])) for r in table2]
-    latency = []
-    for name, folder in networks:
-        key = {"network": folder.name, "device": config.train.device,
-               "repeats": config.latency_repeats}
-        res, _, _ = stages.run("latency-" + name.replace("/", "-"), key,
-                               lambda d, f=folder: _latency_stage(d, f, size, config))
-        latency.append({"network": name, **res})
 
-    results = {
-        "config": config.to_dict() | {"taps": taps, "sweep_tap": sweep_tap,
-                                      "sweep_attribute": sweep_attr},
-        "classes": {c: data.classes[c] for c in [config.target, *config.private]},
-        "utility": {"original": {k: original["utility"][k]
-                                 for k in ("accuracy", "balanced_accuracy")},
-                    "original_report": _report_row(original["utility"])},
-        "table1": table1, "table2": table2, "lambda_sweep": sweep, "latency_ms": latency,
-        "stages": stages.log,
-    }
-    write_json(out / "results.json", results)
-    write_report(results, out)
-    return results
+def _stats(values: list[float]) -> dict:
+    """Mean, sample standard deviation and the values themselves."""
+    return {"mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
+
+
+def _over_seeds(tables: list[list[dict]]) -> list[dict]:
+    """The first seed's rows, each with ``over_seeds``: mean and std over the seeds of every
+    accuracy (utility, K, U, co-trained, the audit's worst case) of that row."""
+    out = []
+    for rows in zip(*tables, strict=True):
+        first = dict(rows[0])
+        stats = {}
+        for key in ("utility", "known", "unknown", "co_trained"):
+            if isinstance(first.get(key), dict):
+                stats[key] = _stats([r[key]["accuracy"] for r in rows])
+            elif isinstance(first.get(key), float):  # the sweep's plain accuracies
+                stats[key] = _stats([r[key] for r in rows])
+        if "accuracy" in first:  # Table 1
+            stats["accuracy"] = _stats([r["accuracy"] for r in rows])
+        if first.get("audit"):
+            stats["audit"] = _stats([r["audit"]["accuracy"] for r in rows])
+            stats["audit_leakage"] = _stats([r["audit"]["normalized_leakage"] for r in rows])
+            if "compression" in first["audit"]:
+                stats["compression"] = _stats([r["audit"]["compression"] for r in rows])
+        if "train_seconds" in first:
+            stats["train_seconds"] = _stats([r["train_seconds"] for r in rows])
+        first["over_seeds"] = stats
+        out.append(first)
+    return out
 
 
 def _latency_stage(folder: Path, network: Path, size: int, config: ProtocolConfig) -> dict:
     model, _ = load_model(network)
     with open_run(folder, kind="latency", fingerprint=None, resume=True) as run:
         res = latency_ms(model, image_size=size, device=resolve_device(config.train.device),
-                         repeats=config.latency_repeats)
+                         repeats=config.latency_repeats, precision=config.latency_precision)
         write_json(run.path / "results.json", res)
     return res

@@ -34,50 +34,89 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _acc(r: dict, key: str) -> str:
+    """``r[key]``'s accuracy in percent, as mean ± std when the row has several seeds."""
+    seeds = r.get("over_seeds", {}).get(key)
+    if seeds is not None:
+        return f"{_pct(seeds['mean'])} ± {_pct(seeds['std'])}"
+    value = r[key]
+    if value is None:
+        return "-"
+    return _pct(value["accuracy"] if isinstance(value, dict) else value)
+
+
+def _audit(r: dict) -> str:
+    """The audit column: worst attacker, its accuracy (mean ± std over seeds) and leakage."""
+    a = r.get("audit")
+    if not a:
+        return "-"
+    seeds = r.get("over_seeds", {})
+    acc = (f"{_pct(seeds['audit']['mean'])} ± {_pct(seeds['audit']['std'])}" if "audit" in seeds
+           else _pct(a["accuracy"]))
+    return f"{acc} ({a['attacker']}, {a['normalized_leakage']:+.3f})"
+
+
+def _loss_name(r: dict) -> str:
+    if r["loss"] == "none":
+        return "none (lambda = 0)"
+    return r["loss"] + (f" ({r['update']})" if r.get("update") else "")
+
+
 def tables_markdown(results: dict) -> str:
     """The paper's Tables 1-3 and the Fig. 2 sweep as Markdown, with the chance-corrected
-    columns of docs/design.md §5 beside the paper's. Accuracies in percent."""
+    columns of docs/design.md §5 beside the paper's. Accuracies in percent; with several seeds,
+    mean ± std over them."""
     cfg, u = results["config"], results["utility"]["original_report"]
+    seeds = cfg.get("seed_list", [cfg["train"]["seed"]])
+    over = results["utility"].get("over_seeds")
+    audit_note = (f" Audit: the worst case of the {cfg['audit_zoo']} attacker zoo retrained on "
+                  "the tap (accuracy, attacker, normalised leakage; docs/design.md §5)."
+                  if cfg.get("audit_zoo", "none") != "none" else "")
     parts = [
         f"Original network ({cfg['model']}, {cfg['target']}): accuracy {_pct(u['accuracy'])} % "
         f"(95 % CI {_ci(u)}), balanced accuracy {_pct(u['balanced_accuracy'])} %, majority "
-        f"class {_pct(u['majority'])} %.",
+        f"class {_pct(u['majority'])} %"
+        + (f"; over {len(seeds)} seeds {_pct(over['mean'])} ± {_pct(over['std'])} %." if over
+           else "."),
         "",
         "**Table 1. Adversaries on the original network.** Paper's column: accuracy (T_s). "
         "Ours: 95 % bootstrap CI, balanced accuracy, majority-class rate, 1/K and normalised "
-        "leakage (acc - majority) / (1 - majority).",
+        "leakage (acc - majority) / (1 - majority)." + audit_note,
         "",
         _table(["attribute", "source", "accuracy %", "95 % CI", "balanced %", "majority %",
-                "1/K %", "norm. leakage"],
-               [[r["attribute"], r["source"], _pct(r["accuracy"]), _ci(r),
+                "1/K %", "norm. leakage", "audit worst %"],
+               [[r["attribute"], r["source"], _acc(r, "accuracy"), _ci(r),
                  _pct(r["balanced_accuracy"]), _pct(r["majority"]), _pct(r["chance"]),
-                 f"{r['normalized_leakage']:+.3f}"] for r in results["table1"]]),
+                 f"{r['normalized_leakage']:+.3f}", _audit(r)] for r in results["table1"]]),
         "",
         f"**Table 2. Privacy-preserving networks** (lambda = {cfg['lam']:g}). Paper's columns: "
-        "utility, known (K) and unknown (U) adversary accuracy, robustness = relative change "
-        "of adversary accuracy against Table 1 (%). Ours: normalised leakage and balanced "
-        "accuracy of K and U, and U's 95 % CI.",
+        "utility (on every test row), known (K) and unknown (U) adversary accuracy, robustness "
+        "= relative change of adversary accuracy against Table 1 (%). Ours: the lambda = 0 "
+        "control (fine-tuned like the others without the privacy term: the drift of the "
+        "features alone), K's and U's 95 % CI and normalised leakage, the adversary trained "
+        "alongside the network where there is one (co-trained), and the audit." + audit_note,
         "",
-        _table(["loss", "tap", "attribute", "utility %", "K %", "U %", "rob. K %", "rob. U %",
-                "K norm.", "U norm.", "K bal. %", "U bal. %", "U 95 % CI"],
-               [[r["loss"], r["tap"], r["attribute"], _pct(r["utility"]["accuracy"]),
-                 _pct(r["known"]["accuracy"]), _pct(r["unknown"]["accuracy"]),
+        _table(["loss", "tap", "attribute", "utility %", "K %", "K 95 % CI", "U %", "U 95 % CI",
+                "rob. K %", "rob. U %", "K norm.", "U norm.", "co-trained %", "audit worst %"],
+               [[_loss_name(r), r["tap"], r["attribute"], _acc(r, "utility"), _acc(r, "known"),
+                 _ci(r["known"]), _acc(r, "unknown"), _ci(r["unknown"]),
                  f"{r['robustness_known']:+.1f}", f"{r['robustness_unknown']:+.1f}",
                  f"{r['known']['normalized_leakage']:+.3f}",
-                 f"{r['unknown']['normalized_leakage']:+.3f}",
-                 _pct(r["known"]["balanced_accuracy"]), _pct(r["unknown"]["balanced_accuracy"]),
-                 _ci(r["unknown"])] for r in results["table2"]]),
+                 f"{r['unknown']['normalized_leakage']:+.3f}", _acc(r, "co_trained"),
+                 _audit(r)] for r in results["table2"]]),
         "",
         f"**Fig. 2 data. Lambda sweep** ({cfg['sweep_loss']} loss, tap {cfg['sweep_tap']}, "
-        f"{cfg['sweep_attribute']}).",
+        f"{cfg['sweep_attribute']}; lambda = 0 is the control network).",
         "",
-        _table(["lambda", "utility %", "known %", "unknown %", "K norm.", "U norm."],
-               [[f"{r['lam']:g}", _pct(r["utility"]), _pct(r["known"]), _pct(r["unknown"]),
+        _table(["lambda", "utility %", "known %", "unknown %", "K norm.", "U norm.",
+                "audit worst %"],
+               [[f"{r['lam']:g}", _acc(r, "utility"), _acc(r, "known"), _acc(r, "unknown"),
                  f"{r['known_report']['normalized_leakage']:+.3f}",
-                 f"{r['unknown_report']['normalized_leakage']:+.3f}"]
+                 f"{r['unknown_report']['normalized_leakage']:+.3f}", _audit(r)]
                 for r in results["lambda_sweep"]]),
         "",
-        "**Table 3. Inference time per image** (batch 1, eval mode).",
+        "**Table 3. Inference time per image** (batch 1, eval mode, "
+        f"{cfg.get('latency_precision', 'fp32')}).",
         "",
         _table(["network", "ms (mean +- std)", "device"],
                [[r["network"], f"{r['mean']:.2f} +- {r['std']:.2f}", r["device"]]
@@ -132,9 +171,13 @@ def write_report(results: dict, out: str | Path) -> None:
         f"Data `{cfg['data']}`, model `{cfg['model']}` at {cfg['image_size']} px, epochs "
         f"{opt['epochs']} (task) / {cfg['adversary_epochs']} (adversaries) / "
         f"{cfg['privacy_epochs']} (privacy), batch {opt['batch_size']}, lr {opt['lr']:g}, "
-        f"seed {opt['seed']}, privacy networks initialised from "
-        f"{'the original network' if cfg['init'] == 'original' else 'scratch'}. "
-        "Every figure below was measured in this run; none is copied from the paper.\n\n")
+        f"seed(s) {', '.join(str(x) for x in cfg.get('seed_list', [opt['seed']]))}, privacy "
+        f"networks initialised from "
+        f"{'the original network' if cfg['init'] == 'original' else 'scratch'}, backbone "
+        + (f"from `{cfg['backbone_weights']}`" if cfg.get("backbone_weights") else
+           "randomly initialised (the paper starts from ImageNet weights: pass "
+           "--backbone-weights for its setting)")
+        + ". Every figure below was measured in this run; none is copied from the paper.\n\n")
     body = tables_markdown(results)
     fig = "\n![Fig. 2: lambda sweep](fig2_lambda_sweep.png)\n"
     atomic_write_text(out / "report.md", head + body + fig)

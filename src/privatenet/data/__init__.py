@@ -1,7 +1,9 @@
 """Datasets selected by one spec string everywhere (``docs/design.md`` §4.2).
 
-``rafdb:PATH`` (RAF-DB basic root), ``manifest:FILE.csv`` (any dataset) and
-``synthfaces[:key=value,...]`` (the built-in generated faces); see :mod:`privatenet.data.spec`.
+``rafdb:PATH`` (RAF-DB basic root), ``manifest:FILE.csv`` (any dataset),
+``synthfaces[:key=value,...]`` (the built-in generated faces) and ``digits[:key=value,...]``
+(scikit-learn's real handwritten digits, with private attributes ink and width); see
+:mod:`privatenet.data.spec`.
 """
 
 from __future__ import annotations

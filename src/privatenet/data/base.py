@@ -114,15 +114,21 @@ class Dataset:
             what = f" with known {', '.join(columns)}" if columns else ""
             raise PrivatenetError(f"dataset {self.name!r}: split {name!r} has no rows{what}")
         if name == "train":
-            for c in columns:
-                present = set(split.labels[c].unique().tolist())
-                absent = [n for i, n in enumerate(self.classes[c]) if i not in present]
-                if absent:
-                    raise PrivatenetError(
-                        f"dataset {self.name!r}: class {absent[0]!r} of {c!r} has no row in the "
-                        f"train split; add examples or remove the class"
-                    )
+            self.check_train_classes(columns)
         return split
+
+    def check_train_classes(self, columns: list[str] | tuple[str, ...]) -> None:
+        """Refuse a column with a class that no train row has: a classifier cannot learn it."""
+        self.check_columns(columns)
+        labels = self.splits["train"].labels
+        for c in columns:
+            present = set(labels[c].unique().tolist())
+            absent = [n for i, n in enumerate(self.classes[c]) if i not in present]
+            if absent:
+                raise PrivatenetError(
+                    f"dataset {self.name!r}: class {absent[0]!r} of {c!r} has no row in the "
+                    f"train split; add examples or remove the class"
+                )
 
     def distribution(self, split: str, column: str) -> dict[str, int]:
         """Counts per class name of ``column`` in ``split`` (unknown rows as ``"?"``)."""

@@ -55,6 +55,7 @@ from privatenet.data.labels import AGE_GROUPS, EMOTIONS, GENDERS
 from privatenet.data.spec import (
     SYNTHFACES_DEFAULTS,
     DataSpec,
+    builtin_options,
     check_fits_in_memory,
     check_synthfaces_options,
     parse_spec,
@@ -728,12 +729,4 @@ def synthfaces_from_spec(spec: str | DataSpec, *, image_size: int | None = None)
         PrivatenetError: for an unknown key, a repeated key or a bad value, naming it and the
             valid keys.
     """
-    if isinstance(spec, str) and not spec.startswith("synthfaces"):
-        spec = f"synthfaces:{spec}"
-    data_spec = parse_spec(spec)
-    if data_spec.kind != "synthfaces":
-        raise PrivatenetError(f"spec {str(data_spec)!r} is not a synthfaces spec; use load_dataset")
-    kwargs = data_spec.kwargs()
-    if image_size is not None:
-        kwargs["size"] = image_size
-    return make_synthfaces(**kwargs)  # type: ignore[arg-type]
+    return make_synthfaces(**builtin_options(spec, "synthfaces", image_size))  # type: ignore[arg-type]

@@ -203,6 +203,8 @@ class ARMNet(nn.Module):
     """
 
     taps = ("backbone", "arm")
+    #: The layer whose output each tap is (``arm``: flattened to (N, (2m-3)^2)).
+    tap_layers = {"backbone": "features", "arm": "arm"}
 
     def __init__(self, features: nn.Module, *, backbone_side: int, num_classes: int,
                  affinity: str = "running", drop_rate: float = 0.0):
@@ -234,6 +236,21 @@ class ARMNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_taps(x)[0]
+
+    def forward_from(self, tap: str, features: torch.Tensor) -> torch.Tensor:
+        """The logits computed from ``tap``'s features: the layers after the tap only.
+
+        ``forward_from(tap, forward_taps(x)[1][tap])`` equals ``forward(x)`` exactly (same
+        operations in the same order). ``"backbone"``: PixelShuffle, ARM block, dropout, ``fc``;
+        ``"arm"``: dropout and ``fc``. Another tap is a :class:`PrivatenetError` naming the taps
+        that can be cut.
+        """
+        if tap == "backbone":
+            features = self.arm(self.arrangement(features)).flatten(1)
+        elif tap != "arm":
+            raise PrivatenetError(f"ARMNet has no tap {tap!r} to cut at; taps that can be cut: "
+                                  f"{', '.join(self.taps)}")
+        return self.fc(self.dropout(features))
 
     @torch.no_grad()
     def calibrate_affinity(self, batches: Iterable[Any]) -> int:

@@ -19,7 +19,7 @@ from torch import nn
 from privatenet.errors import PrivatenetError
 
 __all__ = ["create_model", "list_models", "model_from_config", "model_options", "register_family",
-           "register_model"]
+           "register_model", "register_wrapper"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,10 @@ class _Entry:
 
 
 _MODELS: dict[str, _Entry] = {}
+#: Models that wrap another model (``"erased"``): name -> ``build(config, *,
+#: load_backbone_weights)``. Only :func:`model_from_config` rebuilds them; they are neither
+#: listed nor made by name.
+_WRAPPERS: dict[str, Callable[..., nn.Module]] = {}
 #: Families of models named ``"<prefix>:<arch>"``: prefix -> (factory maker, valid archs).
 _FAMILIES: dict[str, tuple[Callable[[str], Callable[..., nn.Module]], Callable[[], list[str]]]] = {}
 
@@ -63,6 +67,16 @@ def register_family(prefix: str, make_factory: Callable[[str], Callable[..., nn.
     ``make_factory(arch)`` returns a factory like those of :func:`register_model`, ``archs()``
     the valid architecture names."""
     _FAMILIES[prefix] = (make_factory, archs)
+
+
+def register_wrapper(name: str, build: Callable[..., nn.Module]) -> None:
+    """Register how :func:`model_from_config` rebuilds a wrapper model ``name`` (a model around
+    another registry model, e.g. ``"erased"``): ``build(config, *, load_backbone_weights)``
+    returns the model from its whole config. Wrappers are not in :func:`list_models` and
+    :func:`create_model` does not make them: they are built from a trained model, then saved."""
+    if name in _MODELS or (name in _WRAPPERS and _WRAPPERS[name] is not build):
+        raise ValueError(f"model {name!r} is registered twice")
+    _WRAPPERS[name] = build
 
 
 def list_models(tag: str | None = None) -> list[str]:
@@ -151,6 +165,9 @@ def model_from_config(config: Mapping[str, Any], *, load_backbone_weights: bool 
         raise PrivatenetError(
             f"model config must be a mapping with 'name' and 'num_classes', got {config!r}"
         )
+    if isinstance(config["name"], str) and config["name"] in _WRAPPERS:
+        return _WRAPPERS[config["name"]](dict(config),
+                                         load_backbone_weights=load_backbone_weights)
     options = dict(config)
     name = options.pop("name")
     num_classes = options.pop("num_classes")

@@ -106,6 +106,8 @@ class ResNet18Classifier(torchvision.models.ResNet):
     """torchvision ResNet-18 (same state-dict keys) with taps ``backbone`` and ``pool``."""
 
     taps = ("backbone", "pool")
+    #: The layer whose output each tap is (``pool``: flattened to (N, 512)).
+    tap_layers = {"backbone": "layer4", "pool": "avgpool"}
 
     def __init__(self, num_classes: int):
         super().__init__(torchvision.models.resnet.BasicBlock, [2, 2, 2, 2],
@@ -119,3 +121,17 @@ class ResNet18Classifier(torchvision.models.ResNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_taps(x)[0]
+
+    def forward_from(self, tap: str, features: torch.Tensor) -> torch.Tensor:
+        """The logits computed from ``tap``'s features: the layers after the tap only.
+
+        ``forward_from(tap, forward_taps(x)[1][tap])`` equals ``forward(x)`` exactly.
+        ``"backbone"``: average pool, flatten, ``fc``; ``"pool"``: ``fc``. Another tap is a
+        :class:`PrivatenetError` naming the taps that can be cut.
+        """
+        if tap == "backbone":
+            features = torch.flatten(self.avgpool(features), 1)
+        elif tap != "pool":
+            raise PrivatenetError(f"ResNet18Classifier has no tap {tap!r} to cut at; taps that "
+                                  f"can be cut: {', '.join(self.taps)}")
+        return self.fc(features)

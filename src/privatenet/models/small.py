@@ -6,7 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["SmallCNN", "small_arm_backbone", "small_map_side"]
+from privatenet.errors import PrivatenetError
+
+__all__ = ["GlobalMean", "SmallCNN", "small_arm_backbone", "small_map_side"]
 
 
 def conv_bn_relu(cin: int, cout: int, *, kernel: int = 3, stride: int = 1,
@@ -43,6 +45,13 @@ def small_arm_backbone() -> nn.Sequential:
     )
 
 
+class GlobalMean(nn.Module):
+    """``x.mean(dim=(2, 3))``: (N, C, H, W) -> (N, C), as a layer (so a tap can be hooked)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
 class SmallCNN(nn.Module):
     """Three stride-2 conv-BN-ReLU blocks (16, 32, 64 channels), global average pool, fc.
 
@@ -50,6 +59,8 @@ class SmallCNN(nn.Module):
     """
 
     taps = ("backbone", "pool")
+    #: The layer whose output each tap is.
+    tap_layers = {"backbone": "features", "pool": "pool"}
 
     def __init__(self, num_classes: int):
         super().__init__()
@@ -58,12 +69,27 @@ class SmallCNN(nn.Module):
             conv_bn_relu(16, 32, stride=2),
             conv_bn_relu(32, 64, stride=2),
         )
+        self.pool = GlobalMean()  # no parameters: the state dict is unchanged
         self.fc = nn.Linear(64, num_classes)
 
     def forward_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         backbone = self.features(x)
-        pool = backbone.mean(dim=(2, 3))
+        pool = self.pool(backbone)
         return self.fc(pool), {"backbone": backbone, "pool": pool}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_taps(x)[0]
+
+    def forward_from(self, tap: str, features: torch.Tensor) -> torch.Tensor:
+        """The logits computed from ``tap``'s features: the layers after the tap only.
+
+        ``forward_from(tap, forward_taps(x)[1][tap])`` equals ``forward(x)`` exactly.
+        ``"backbone"``: global mean, ``fc``; ``"pool"``: ``fc``. Another tap is a
+        :class:`PrivatenetError` naming the taps that can be cut.
+        """
+        if tap == "backbone":
+            features = self.pool(features)
+        elif tap != "pool":
+            raise PrivatenetError(f"SmallCNN has no tap {tap!r} to cut at; taps that can be "
+                                  f"cut: {', '.join(self.taps)}")
+        return self.fc(features)

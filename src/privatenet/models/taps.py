@@ -16,7 +16,7 @@ from torch import nn
 
 from privatenet.errors import PrivatenetError
 
-__all__ = ["TappedModel", "require_tap", "tap_shapes", "with_taps"]
+__all__ = ["TappedModel", "require_tap", "tap_layer", "tap_shapes", "with_taps"]
 
 
 class TappedModel(nn.Module):
@@ -103,6 +103,32 @@ def require_tap(model: nn.Module, tap: str) -> str:
         name = getattr(model, "config", {}).get("name", type(model).__name__)
         raise PrivatenetError(f"model {name!r} has no tap {tap!r}; valid taps: {', '.join(taps)}")
     return tap
+
+
+def tap_layer(model: nn.Module, tap: str) -> str:
+    """The path (as in ``model.named_modules()``) of the layer whose output is ``tap``.
+
+    Models declare it in ``model.tap_layers`` (``{tap: layer path}``): the tap is that layer's
+    output, or the same values flattened to (N, -1) (ARMNet's ``arm``, ResNet's ``pool``).
+    :func:`with_taps` models have it by construction (their paths, relative to the wrapped
+    module, are returned with the ``module.`` prefix). A :class:`PrivatenetError` names an
+    unknown tap, or a model without ``tap_layers`` and the fix.
+    """
+    require_tap(model, tap)
+    layers = getattr(model, "tap_layers", None)
+    if not isinstance(layers, Mapping) or tap not in layers:
+        raise PrivatenetError(f"{type(model).__name__} does not say which layer computes tap "
+                              f"{tap!r} (no tap_layers entry); wrap it with with_taps(model, "
+                              f"{{{tap!r}: '<layer path>'}})")
+    path = layers[tap]
+    if isinstance(model, TappedModel):  # its paths are inside the wrapped module
+        path = f"module.{path}"
+    try:
+        model.get_submodule(path)
+    except AttributeError:
+        raise PrivatenetError(f"{type(model).__name__}.tap_layers[{tap!r}] = {path!r} is not a "
+                              "layer of the model; fix its tap_layers") from None
+    return path
 
 
 def tap_shapes(model: nn.Module, *, image_size: int | tuple[int, int], in_channels: int = 3

@@ -14,7 +14,12 @@ from privatenet.models.arm import (
     check_drop_rate,
     resnet_map_side,
 )
-from privatenet.models.registry import check_num_classes, register_family, register_model
+from privatenet.models.registry import (
+    check_num_classes,
+    register_family,
+    register_model,
+    register_wrapper,
+)
 from privatenet.models.resnet import (
     ResNet18Classifier,
     load_backbone_into_features,
@@ -128,3 +133,17 @@ def _load_matching(net: nn.Module, path: str, arch: str) -> None:
 register_family(
     "torchvision", _torchvision_factory,
     lambda: sorted(torchvision.models.list_models(module=torchvision.models)))
+
+
+# --------------------------------------------------------------------------- wrappers
+
+
+def _erased(config: dict, *, load_backbone_weights: bool = False) -> nn.Module:
+    """Rebuild a model with a concept eraser at a tap (:mod:`privatenet.erasure`) from its
+    config; the eraser's buffers come from the checkpoint."""
+    from privatenet.erasure import erased_from_config
+
+    return erased_from_config(config, load_backbone_weights=load_backbone_weights)
+
+
+register_wrapper("erased", _erased)

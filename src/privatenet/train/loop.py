@@ -1,10 +1,10 @@
 """The one training loop (docs/design.md §4).
 
 :func:`fit` trains a model on a target column with cross-entropy, optionally regularised by a
-:class:`~privatenet.regularizer.PrivacyRegularizer` on one tap (Eq. 8): the same object a user
-puts in their own loop. :func:`fit_adversary` trains an adversary head on frozen, precomputed
-features. Both run through :func:`_run_epochs`, which owns shuffling, learning-rate decay,
-checkpointing, metrics and resume.
+:class:`~privatenet.regularizer.PrivacyRegularizer` on one tap (Eq. 8), or by one per private
+attribute: the same object a user puts in their own loop. :func:`fit_adversary` trains an
+adversary head on frozen, precomputed features. Both run through :func:`_run_epochs`, which
+owns shuffling, learning-rate decay, checkpointing, metrics and resume.
 
 Determinism: the shuffle, the augmentation and dropout of epoch ``e`` draw from generators seeded
 by ``(seed, e)`` only, so a run resumed from the checkpoint of epoch ``e - 1`` repeats exactly the
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from torch import nn
 from privatenet.data.base import MISSING, Split
 from privatenet.data.transforms import augment, normalize
 from privatenet.errors import PrivatenetError
+from privatenet.losses import total_loss
 from privatenet.models.taps import require_tap
 from privatenet.regularizer import PrivacyRegularizer
 from privatenet.train.checkpoint import (
@@ -190,19 +191,75 @@ def _adam(params, config: TrainConfig) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
+def _privacy_terms(regularizer, tap, private, model: nn.Module, train: Split
+                   ) -> list[tuple[PrivacyRegularizer, str, str]]:
+    """``[(regularizer, tap, attribute), ...]`` from ``fit``'s arguments, each checked: one
+    triple for single values, one per attribute for lists of one length; ``[]`` for none."""
+    given = {"regularizer": regularizer, "tap": tap, "private": private}
+    if all(v is None for v in given.values()):
+        return []
+    missing = [k for k, v in given.items() if v is None]
+    if missing:
+        raise PrivatenetError(f"privacy training needs {', '.join(missing)} as well (or "
+                              "none of regularizer, tap, private)")
+    is_list = [isinstance(v, (list, tuple)) for v in given.values()]
+    if any(is_list):
+        lengths = ", ".join(f"{k}: {len(v) if isinstance(v, (list, tuple)) else 'one value'}"
+                            for k, v in given.items())
+        if not all(is_list) or len({len(v) for v in given.values()}) != 1 or not regularizer:
+            raise PrivatenetError(f"for several private attributes regularizer, tap and private "
+                                  f"must be non-empty lists of one length (got {lengths}); give "
+                                  "one regularizer and one tap per private column")
+        terms = list(zip(regularizer, tap, private, strict=True))
+    else:
+        terms = [(regularizer, tap, private)]
+    for reg, t, attr in terms:
+        if not isinstance(reg, PrivacyRegularizer):
+            raise PrivatenetError("regularizer must be a PrivacyRegularizer, got "
+                                  f"{type(reg).__name__}")
+        if not isinstance(attr, str) or attr not in train.labels:
+            raise PrivatenetError(f"the training split has no label column {attr!r}")
+        require_tap(model, t)
+    if len({id(reg) for reg, _, _ in terms}) != len(terms):
+        raise PrivatenetError("the same regularizer is given for two attributes; build one "
+                              "PrivacyRegularizer per attribute (each trains its own adversaries)")
+    attrs = [attr for _, _, attr in terms]
+    twice = sorted({a for a in attrs if attrs.count(a) > 1})
+    if twice:
+        raise PrivatenetError(f"private attribute {twice[0]!r} is given twice; give each "
+                              "attribute once")
+    if len({reg.lam for reg, _, _ in terms}) > 1:
+        lams = ", ".join(f"{attr}={reg.lam}" for reg, _, attr in terms)
+        raise PrivatenetError(f"all regularizers must have the same lam, Eq. 8 weighs the mean "
+                              f"privacy term (got {lams}); build them with one lam")
+    return terms
+
+
 def fit(*, model: nn.Module, train: Split, target: str, config: TrainConfig | None = None,
-        regularizer: PrivacyRegularizer | None = None, tap: str | None = None,
-        private: str | None = None, run_dir: str | Path | None = None, resume: bool = False,
+        regularizer: PrivacyRegularizer | Sequence[PrivacyRegularizer] | None = None,
+        tap: str | Sequence[str] | None = None, private: str | Sequence[str] | None = None,
+        run_dir: str | Path | None = None, resume: bool = False,
         callbacks: Callbacks | None = None, **settings) -> list[dict]:
     """Train ``model`` in place on ``train.labels[target]`` with Adam and cross-entropy, plus
     the privacy term of ``regularizer`` on tap ``tap`` for the label column ``private``.
+
+    Several private attributes at once: lists of one length, ``regularizer=[reg_g, reg_a],
+    tap=["backbone", "backbone"], private=["gender", "age"]``, one privacy term per attribute,
+    combined as ``(1 - lam) * CE + lam * mean_a L_priv,a``; every regularizer must have the
+    same ``lam`` and each attribute may appear once.
 
     ``model`` needs ``forward_taps(x) -> (logits, {tap: features})`` (every registry model, or
     :func:`privatenet.with_taps`). ``config`` (a :class:`TrainConfig`) and ``settings`` (its
     fields, e.g. ``epochs=5``) set the optimisation. Rows with an unknown target must already be
     dropped (``Dataset.split(name, columns)``); an unknown private label (-1) only drops the
-    row from the privacy term. An alternating regularizer's adversary is trained in place, and
-    its weights and optimizer state are checkpointed with the model's.
+    row from that attribute's privacy term. The adversaries a regularizer trains (alternating,
+    ensemble) are trained in place, their learning rate follows the same schedule as the
+    model's, and their weights, optimizer state and (ensemble) step counter are checkpointed
+    with the model's.
+
+    Logged per epoch: ``loss``, ``task_loss``, ``train_acc``, ``priv_loss`` (the mean privacy
+    term) and, where adversaries are trained, ``adv_loss``; with several attributes also
+    ``priv_loss/<attribute>`` and ``adv_loss/<attribute>``.
 
     Returns the per-epoch metrics history; with ``run_dir``, a checkpoint and ``metrics.jsonl``
     are written after every epoch and ``resume=True`` continues from the last one.
@@ -210,18 +267,8 @@ def fit(*, model: nn.Module, train: Split, target: str, config: TrainConfig | No
     config = _config(config, settings)
     if target not in train.labels:
         raise PrivatenetError(f"the training split has no label column {target!r}")
-    given = {"regularizer": regularizer, "tap": tap, "private": private}
-    if any(v is not None for v in given.values()):
-        missing = [k for k, v in given.items() if v is None]
-        if missing:
-            raise PrivatenetError(f"privacy training needs {', '.join(missing)} as well (or "
-                                  "none of regularizer, tap, private)")
-        if not isinstance(regularizer, PrivacyRegularizer):
-            raise PrivatenetError("regularizer must be a PrivacyRegularizer, got "
-                                  f"{type(regularizer).__name__}")
-        if private not in train.labels:
-            raise PrivatenetError(f"the training split has no label column {private!r}")
-        require_tap(model, tap)
+    terms = _privacy_terms(regularizer, tap, private, model, train)
+    several = len(terms) > 1
     device = resolve_device(config.device)
     model.to(device)
     images = train.images.to(device)
@@ -230,13 +277,17 @@ def fit(*, model: nn.Module, train: Split, target: str, config: TrainConfig | No
     optimizers = {"model": _adam(model.parameters(), config)}
     signature = {"kind": "fit", "config": asdict(config), "target": target, "n": len(train),
                  "model": getattr(model, "config", type(model).__name__)}
-    if regularizer is not None:
-        regularizer.to(device)
-        s_all = train.labels[private].to(device)
-        signature["privacy"] = {"tap": tap, "attribute": private, **regularizer.settings()}
-        if regularizer.optimizer is not None:
-            modules["adversary"] = regularizer.adversary
-            optimizers["adversary"] = regularizer.optimizer
+    s_all: dict[str, torch.Tensor] = {}
+    for i, (reg, _, attr) in enumerate(terms):
+        reg.to(device)
+        s_all[attr] = train.labels[attr].to(device)
+        # One attribute keeps the names it always had, so its checkpoints stay readable.
+        prefix = f"privacy{i}." if several else ""
+        modules.update({prefix + k: m for k, m in reg.trainable_modules().items()})
+        optimizers.update({prefix + k: o for k, o in reg.optimizers().items()})
+    if terms:
+        privacy = [{"tap": t, "attribute": attr, **reg.settings()} for reg, t, attr in terms]
+        signature["privacy"] = privacy if several else privacy[0]
 
     def step(idx: torch.Tensor, gen: torch.Generator) -> dict:
         idx_dev = idx.to(device)
@@ -247,17 +298,29 @@ def fit(*, model: nn.Module, train: Split, target: str, config: TrainConfig | No
             logits, taps = model.forward_taps(x)
             ce = F.cross_entropy(logits.float(), y)
             loss = ce
-            if regularizer is not None:
-                regularizer.train()
-                loss = regularizer(ce, taps[tap], s_all[idx_dev])
+            for reg, _, _ in terms:
+                reg.train()
+            if len(terms) == 1:
+                reg, t, attr = terms[0]
+                loss = reg(ce, taps[t], s_all[attr][idx_dev])
+            elif several:
+                priv = torch.stack([reg.privacy_term(taps[t], s_all[attr][idx_dev])
+                                    for reg, t, attr in terms]).mean()
+                loss = total_loss(ce, priv, terms[0][0].lam)
         optimizers["model"].zero_grad(set_to_none=True)
         loss.backward()
         optimizers["model"].step()
         logs = {"loss": loss, "task_loss": ce, "train_acc": (logits.argmax(1) == y).float().mean()}
-        if regularizer is not None:
-            logs["priv_loss"] = regularizer.last_privacy_loss
-            if regularizer.update == "alternating" and regularizer.last_adversary_loss is not None:
-                logs["adv_loss"] = regularizer.last_adversary_loss
+        if terms:
+            logs["priv_loss"] = torch.stack([reg.last_privacy_loss for reg, _, _ in terms]).mean()
+            adv = {attr: reg.last_adversary_loss for reg, _, attr in terms
+                   if reg.last_adversary_loss is not None}
+            if adv:
+                logs["adv_loss"] = torch.stack(list(adv.values())).mean()
+            if several:
+                for reg, _, attr in terms:
+                    logs[f"priv_loss/{attr}"] = reg.last_privacy_loss
+                logs.update({f"adv_loss/{attr}": v for attr, v in adv.items()})
         return logs
 
     return _run_epochs(n=len(train), step=step, modules=modules, optimizers=optimizers,

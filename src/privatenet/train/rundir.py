@@ -20,8 +20,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from privatenet.errors import PrivatenetError
@@ -257,3 +257,41 @@ def open_run(path: str | Path, *, kind: str, fingerprint: dict | None,
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    with suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def open_disposable_run(path: str | Path, *, kind: str, what: str, fingerprint: dict | None,
+                        outputs: Callable[[Path], Iterable[Path]]) -> Iterator[Run]:
+    """:func:`open_run` for a job that keeps nothing of a failed attempt (an export, a video
+    run): a finished run is refused, a killed attempt's ``outputs(folder)`` are removed before
+    the work, and on any failure (Ctrl-C included) they are removed again with the marker, the
+    lock and the folder this call created, so the folder is left as it was before."""
+    out = Path(path)
+    existed, claimed = out.exists(), False
+    try:
+        with open_run(out, kind=kind, fingerprint=fingerprint, resume=True) as run:
+            if run.finished:
+                raise PrivatenetError(f"{out} holds a finished {what}; choose another folder")
+            claimed = run.created
+            try:
+                for leftover in outputs(run.path):
+                    _remove(leftover)
+                yield run
+            except BaseException:
+                for leftover in outputs(run.path):
+                    _remove(leftover)
+                if claimed:
+                    _remove(run.path / MARKER)
+                raise
+    except BaseException:
+        if claimed:  # the lock is released now: leave the folder as it was before
+            _remove(out / LOCK)
+            if not existed:
+                with suppress(OSError):
+                    out.rmdir()
+        raise
