@@ -56,6 +56,33 @@ def test_no_linear_attacker_beats_the_majority_after_erasure():
     assert float((ex - x).norm() / x.norm()) < 0.9
 
 
+def test_dead_dims_stay_constant_so_a_standardising_attacker_finds_nothing(monkeypatch):
+    # Dims that are exactly constant on every row (dead ReLU units) have nothing to erase, and
+    # exact LEACE leaves them alone. On real backbone features (digits, 1,347 x 8,192) the
+    # float64 solution wrote ~1e-17 of the erased direction into one of them: once
+    # standardised, a perfect code of the label (a logistic attacker went from 49 % to 84 %
+    # on test). The same residue is injected here, where the solver happens to give exact 0.
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    exact = erasure._leace
+
+    def with_residue(x, z):
+        mean, left, right = exact(x, z)
+        return mean, left + 1e-17, right + 1e-17
+
+    monkeypatch.setattr(erasure, "_leace", with_residue)
+    x, s = encoded(120, 200, seed=3, priors=(0.5, 0.5))
+    x[:, 150:] = 0.0
+    eraser = fit_eraser(x, s, num_classes=2)
+    with torch.no_grad():
+        ex = eraser(x)
+    assert bool((ex[:, 150:] == 0.0).all())
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    train_acc = clf.fit(ex.numpy(), s.numpy()).score(ex.numpy(), s.numpy())
+    assert train_acc < 0.75  # equal class means: no linear separation of the fitting rows
+
+
 def test_no_guarantee_against_a_nonlinear_attacker():
     g = torch.Generator().manual_seed(1)
     s = torch.randint(0, 2, (3000,), generator=g)

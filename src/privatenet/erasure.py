@@ -198,7 +198,16 @@ def fit_eraser(features: torch.Tensor, labels: torch.Tensor, *, num_classes: int
         raise PrivatenetError("fit_eraser: the features contain NaN or infinite values; fix the "
                               "network (or the data) that produced them")
     z = F.one_hot(s, num_classes).to(torch.float64)
+    # Dims constant on these rows (dead ReLU units) carry nothing to erase, and exact LEACE
+    # leaves them alone. Its floating-point solution writes ~1e-17 of the erased (label)
+    # direction into them instead, which an attacker who standardises features reads back
+    # perfectly: measured on digits (1,347 x 8,192 backbone features), a logistic regression
+    # on standardised erased features reached 84 % test accuracy on `ink` through 5 such dims,
+    # and 49 % (the majority rate) without them. So their rows and columns are zeroed.
+    constant = (x64 == x64[:1]).all(0)
     mean, left, right = _leace(x64, z)
+    left[constant] = 0.0
+    right[:, constant] = 0.0
     eraser = TapEraser(shape=list(shape), rank=left.shape[1])
     with torch.no_grad():
         eraser.mean.copy_(mean)

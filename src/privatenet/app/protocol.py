@@ -24,6 +24,7 @@ import torch
 
 from privatenet.app.jobs import (
     DEFENCES,
+    ERASING,
     attack_job,
     audit_job,
     build_model,
@@ -373,6 +374,8 @@ def _one_seed(config: ProtocolConfig, task_cfg: TrainConfig, data, taps: list[st
                    "update": update, "init": config.init, "train": asdict(priv_cfg)}
             if loss == "adversarial":  # the bounded form replaced minus the cross-entropy
                 key["form"] = "-log(1-p_true)"
+            if loss in ERASING:  # dims constant on the fitting rows are left alone
+                key["eraser"] = "constant-dims-kept"
             name = f"private-{loss}-{tap}-{attr}-lam{lam:g}"
             net, net_dir, net_hash = stages.run(name + tag, key, lambda d: train_job(
                 data=data, out=d, model=config.model, target=config.target, config=priv_cfg,
