@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from privatenet.models.registry import model_options
 from privatenet.train.checkpoint import atomic_write_bytes, atomic_write_text
 
 
@@ -175,8 +176,10 @@ def write_report(results: dict, out: str | Path) -> None:
         f"networks initialised from "
         f"{'the original network' if cfg['init'] == 'original' else 'scratch'}, backbone "
         + (f"from `{cfg['backbone_weights']}`" if cfg.get("backbone_weights") else
-           "randomly initialised (the paper starts from ImageNet weights: pass "
-           "--backbone-weights for its setting)")
+           "randomly initialised" + (" (the paper starts from ImageNet weights: pass "
+                                     "--backbone-weights for its setting)"
+                                     if "backbone_weights" in model_options(cfg["model"])
+                                     else ""))
         + ". Every figure below was measured in this run; none is copied from the paper.\n\n")
     body = tables_markdown(results)
     fig = "\n![Fig. 2: lambda sweep](fig2_lambda_sweep.png)\n"
