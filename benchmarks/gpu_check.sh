@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The GPU check (docs/design.md §6): on a CUDA machine, the ARM ResNet-18 throughput and
-# latency benchmark at the paper's batch and size, then a short slice of the quick protocol at
-# 224 px through privatenet's own loop, and the paper preset's projected GPU-hours from the
-# measured throughput. Prints everything; writes the slice's results under $OUT (default /tmp).
+# The GPU check (docs/design.md §6): on a CUDA machine, `privatenet bench` (the public recipe
+# against ours in fp32, channels_last, bf16 and both) at the paper's batch and size, then a
+# short slice of the quick protocol at 224 px through privatenet's own loop, and the paper
+# preset's projected GPU-hours from the measured throughput. Prints everything; writes the slice's results under $OUT (default /tmp).
 #
 #   bash benchmarks/gpu_check.sh            # about 5 minutes on one H100/H200
 set -euo pipefail
@@ -13,9 +13,9 @@ PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
-echo "== arm_resnet18, 224 px, random tensors: batch 256 (the paper's) =="
-$PY benchmarks/bench_arm_cpu.py --device cuda --threads 8 --batch-size 256 --steps 20 \
-    --warmup 5 --latency-iters 100 --only public,ours,channels_last,bf16
+echo "== privatenet bench: arm_resnet18, 224 px, random tensors, batch 256 (the paper's) =="
+$PY -m privatenet bench --device cuda --threads 8 --batch-size 256 --steps 20 --warmup 5 \
+    --latency-iters 100 --out "$OUT/bench.json"
 
 echo "== quick-protocol slice: synthfaces 2,000 faces at 224 px, 3 epochs, our loop =="
 $PY -m privatenet reproduce --preset quick --data synthfaces:n=2000,size=224 --epochs 3 \
@@ -37,7 +37,8 @@ for name in ("original", "finetune", "private-confusion-backbone-age-lam0.5",
     # the first epoch pays for CUDA start-up and kernel selection; report the rest
     later = hist[1:] or hist
     ips = n_train * len(later) / sum(h["seconds"] for h in later)
-    print(f"{name}: {ips:.0f} training images/s (epochs 2-{len(hist)}, bf16 autocast)")
+    print(f"{name}: {ips:.0f} training images/s (epochs 2-{len(hist)}, precision and memory "
+          "format auto: bf16 autocast, channels_last)")
     if name == "original":
         passes = 41.6e6  # the paper preset: 17 ResNet-18 trainings of 200 epochs (README)
         print(f"paper preset projected: {passes / ips / 3600:.2f} GPU-hours of training at this "

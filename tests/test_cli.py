@@ -152,7 +152,7 @@ def test_help_explains_every_option(capsys):
     commands = next(a for a in parser._actions
                     if isinstance(a, argparse._SubParsersAction)).choices
     assert set(commands) == {"train", "attack", "audit", "reproduce", "demo", "import-checkpoint",
-                             "data-info", "export", "video"}
+                             "data-info", "export", "video", "bench"}
     for name, sub in [("privatenet", parser), *commands.items()]:
         for action in sub._actions:
             assert action.help and action.help.strip() and action.help != argparse.SUPPRESS, \

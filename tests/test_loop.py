@@ -9,6 +9,7 @@ from privatenet.models.taps import tap_shapes
 from privatenet.regularizer import PrivacyRegularizer
 from privatenet.train.config import TrainConfig
 from privatenet.train.loop import Callbacks, extract, fit, fit_adversary
+from tests.conftest import make_split
 
 CFG = dict(epochs=3, batch_size=16, lr=1e-3, seed=7, device="cpu")
 
@@ -123,9 +124,11 @@ def test_resume_with_other_settings_is_refused(tiny_split, tmp_path):
 
 
 @pytest.mark.parametrize("bad", [dict(epochs=0), dict(batch_size=1), dict(lr=-1.0),
-                                 dict(lr_decay=0.0), dict(device="tpu")])
+                                 dict(lr_decay=0.0), dict(device="tpu"),
+                                 dict(precision="fp16"), dict(memory_format="nhwc"),
+                                 dict(compile="yes")])
 def test_train_config_is_checked(bad):
-    with pytest.raises(PrivatenetError):
+    with pytest.raises(PrivatenetError, match=repr(next(iter(bad.values())))):
         TrainConfig(**{**CFG, **bad})
 
 
@@ -254,3 +257,51 @@ def test_several_attributes_are_checked(tiny_split):
         fit(**kw, regularizer=[reg(), reg()], tap=["pool", "pool"], private=["gender", "race"])
     with pytest.raises(PrivatenetError, match="no tap"):
         fit(**kw, regularizer=[reg(), reg()], tap=["pool", "arm"], private=["gender", "age"])
+
+
+# ---------------------------------------------------------------- the fast path (issue 10)
+
+def _test_accuracy(model, split):
+    logits = extract(model, split.images)
+    return float((logits.argmax(1) == split.labels["emotion"]).float().mean())
+
+
+def test_bf16_and_fp32_training_reach_the_same_accuracy():
+    train, test = make_split(n=144, seed=0), make_split(n=96, seed=1)
+    accuracy = {}
+    for precision in ("fp32", "bf16"):
+        model = _model()
+        fit(model=model, train=train, target="emotion", precision=precision, **CFG)
+        accuracy[precision] = _test_accuracy(model, test)
+    assert accuracy["fp32"] > 0.8  # chance is 1/3: both learned the task...
+    assert abs(accuracy["bf16"] - accuracy["fp32"]) <= 0.1  # ...equally well, within noise
+
+
+def test_channels_last_training_matches_contiguous_and_returns_a_contiguous_model(tiny_split):
+    plain, fast = _model(), _model()
+    fit(model=plain, train=tiny_split, target="emotion", **CFG)
+    fit(model=fast, train=tiny_split, target="emotion", memory_format="channels_last", **CFG)
+    for (name, a), b in zip(plain.state_dict().items(), fast.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-4), name  # rounding only
+    assert all(p.is_contiguous() for p in fast.parameters())
+
+
+def test_speed_settings_at_their_defaults_keep_a_runs_identity():
+    from dataclasses import asdict
+
+    old = {k: v for k, v in asdict(TrainConfig()).items()
+           if k not in ("precision", "memory_format", "compile")}
+    assert TrainConfig().key() == old  # runs and cached stages from before stay valid
+    assert TrainConfig(precision="bf16").key()["precision"] == "bf16"
+    assert TrainConfig(compile=True).key()["compile"] is True
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tiny_split):
+    eager, compiled = _model(), _model()
+    a = fit(model=eager, train=tiny_split, target="emotion", **CFG)
+    b = fit(model=compiled, train=tiny_split, target="emotion", compile=True, **CFG)
+    assert abs(a[-1]["loss"] - b[-1]["loss"]) < 1e-3
+    for (name, x), y in zip(eager.state_dict().items(), compiled.state_dict().values(),
+                            strict=True):  # the model's own keys, not the compiled wrapper's
+        assert torch.allclose(x.float(), y.float(), atol=1e-4), name

@@ -74,6 +74,28 @@ def _optim_args(p: argparse.ArgumentParser, *, epochs: int, batch_size: int) -> 
                    help="auto (CUDA when present, with bf16 autocast), cpu, or cuda[:N]")
 
 
+def _speed_args(g) -> None:
+    """The fast-path options of training; unset options keep the library's (or a preset's)
+    value."""
+    g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                   help="training precision: auto (default) is bf16 autocast on CUDA and fp32 "
+                        "on CPU; bf16 on a CPU pays only with native bf16 ('privatenet bench' "
+                        "measures it)")
+    g.add_argument("--memory-format", choices=("auto", "contiguous", "channels_last"),
+                   default=None, help="layout of images and convolution weights: auto "
+                                      "(default) is channels_last on CUDA, contiguous on CPU")
+    g.add_argument("--compile", action="store_true", default=None,
+                   help="compile the training forward pass with torch.compile (slow to start; "
+                        "pays on long runs)")
+
+
+def _speed_settings(args) -> dict:
+    """The fast-path options that were given, as TrainConfig fields."""
+    given = {"precision": args.precision, "memory_format": args.memory_format,
+             "compile": args.compile}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def _out_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--out", default=default, required=default is None,
@@ -138,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fixed: the known adversary is held fixed (the paper); alternating: "
                         "it is updated each step (min-max)")
     _optim_args(p, epochs=10, batch_size=64)
+    _speed_args(p.add_argument_group("speed (docs/design.md §4.4)"))
     _out_args(p)
 
     p = sub.add_parser("attack", help="train an adversary on a tap of a trained network",
@@ -235,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=None, help="mini-batch size")
     g.add_argument("--seed", type=int, default=None, help="seed (default 0)")
     g.add_argument("--device", default=None, help="auto (default), cpu or cuda[:N]")
+    _speed_args(g)
     g.add_argument("--out", required=True, help="run folder (stages/, results.json, report.md, "
                                                 "fig2_lambda_sweep.png)")
 
@@ -313,6 +337,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True,
                    help="folder to create: frames.jsonl, summary.json, timeline.png, "
                         "annotated.mp4, results.json")
+
+    p = sub.add_parser("bench", help="training speed, batch-1 latency and memory of the fast "
+                                     "path against the public recipe, side by side",
+                       description="Time, in one run and on random tensors, training steps "
+                                   "and batch-1 inference of a re-creation of the public ARM "
+                                   "recipe (arm_resnet18 only) and of ours in fp32, "
+                                   "channels_last, bf16 autocast and both (and torch.compile "
+                                   "with --compile); print a table, say whether bf16 and "
+                                   "channels_last pay on this device and these shapes, and "
+                                   "write the figures as JSON.")
+    p.add_argument("--model", default="arm_resnet18", type=_model_name,
+                   help="network (default arm_resnet18, the paper's)")
+    p.add_argument("--image-size", type=int, default=224, help="input side (default 224)")
+    p.add_argument("--batch-size", type=int, default=32, help="training batch (default 32)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
+    p.add_argument("--steps", type=int, default=10, help="timed training steps per variant")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
+    p.add_argument("--latency-iters", type=int, default=20,
+                   help="timed batch-1 inferences per variant (default 20)")
+    p.add_argument("--variants", default=None,
+                   help="comma list of public, fp32, channels_last, bf16, channels_last+bf16, "
+                        "compile (default: all that apply)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: torch's choice)")
+    p.add_argument("--out", default="runs/bench.json",
+                   help="JSON file of the figures (default runs/bench.json)")
 
     p = sub.add_parser("data-info", help="sizes and label distributions of a dataset",
                        description="Print split sizes, class counts per label column and the "
@@ -408,9 +459,10 @@ def _load_config_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> N
 def _train_config(args):
     from privatenet.train.config import TrainConfig
 
+    speed = _speed_settings(args) if hasattr(args, "precision") else {}
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        weight_decay=args.weight_decay, lr_decay=args.lr_decay, seed=args.seed,
-                       augment=not args.no_augment, device=args.device)
+                       augment=not args.no_augment, device=args.device, **speed)
 
 
 class _Progress:
@@ -419,9 +471,11 @@ class _Progress:
     def __init__(self, label: str) -> None:
         from tqdm import tqdm
 
+        from privatenet.train import distributed
         from privatenet.train.loop import Callbacks
 
         self.tqdm, self.label, self.bar, self.epoch = tqdm, label, None, 0
+        self.main = distributed.is_main()  # under torchrun, rank 0 alone shows bars
         self.callbacks = Callbacks(on_step=self.step, on_epoch=self.end)
 
     def step(self, done: int, total: int) -> None:
@@ -429,7 +483,7 @@ class _Progress:
             self.epoch += 1
             self.bar = self.tqdm(total=total, desc=f"{self.label} epoch {self.epoch}", leave=False,
                             file=sys.stderr, dynamic_ncols=True,
-                            disable=not sys.stderr.isatty())
+                            disable=not sys.stderr.isatty() or not self.main)
         self.bar.update(done - self.bar.n)
 
     def end(self, record: dict) -> None:
@@ -602,6 +656,46 @@ def cmd_video(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    import torch
+
+    from privatenet.bench import format_table, measure
+    from privatenet.train.checkpoint import write_json
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise PrivatenetError(f"threads={args.threads} is invalid; give an integer >= 1")
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    if out.is_dir():
+        raise PrivatenetError(f"out={args.out!r} is a folder; give the JSON file to write")
+    bars: dict = {}  # the current stage's bar
+
+    def on_progress(stage: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if stage not in bars:
+            for old in bars.values():
+                old.close()
+            bars.clear()
+            bars[stage] = tqdm(total=total, desc=stage, leave=False, file=sys.stderr,
+                               disable=not sys.stderr.isatty())
+        bars[stage].update(done - bars[stage].n)
+
+    result = measure(model=args.model, image_size=args.image_size, batch_size=args.batch_size,
+                     device=args.device, steps=args.steps, warmup=args.warmup,
+                     latency_iters=args.latency_iters,
+                     compile=args.compile or "compile" in (args.variants or ""),
+                     variants=args.variants, on_progress=on_progress)
+    for bar in bars.values():
+        bar.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, result)
+    print(format_table(result))
+    print(f"figures: {out}")
+    return 0
+
+
 def cmd_data_info(args) -> int:
     from privatenet.data import load_dataset
 
@@ -657,7 +751,7 @@ def cmd_reproduce(args) -> int:
         "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
         "adversarial_update": args.adversarial_update, "backbone_weights": args.backbone_weights,
         "seeds": args.seeds, "latency_precision": args.latency_precision,
-        "audit_zoo": args.audit_zoo}
+        "audit_zoo": args.audit_zoo, **_speed_settings(args)}
     return _run_protocol(resolve_config(args.preset, overrides), args.out)
 
 
@@ -671,7 +765,11 @@ def cmd_demo(args) -> int:
 COMMANDS = {"train": cmd_train, "attack": cmd_attack, "audit": cmd_audit,
             "reproduce": cmd_reproduce,
             "demo": cmd_demo, "import-checkpoint": cmd_import_checkpoint,
-            "export": cmd_export, "data-info": cmd_data_info, "video": cmd_video}
+            "export": cmd_export, "data-info": cmd_data_info, "video": cmd_video,
+            "bench": cmd_bench}
+
+#: Commands that may run in several processes under torchrun (docs/design.md §4.4).
+DISTRIBUTED_COMMANDS = ("train",)
 
 _RESUME = "rerun the same command with --resume to continue"
 _RERUN = ("rerun the same command to continue (finished stages are kept and a killed stage "
@@ -742,9 +840,21 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from privatenet.train import distributed
+
     try:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            if args.command not in DISTRIBUTED_COMMANDS:
+                raise PrivatenetError(f"'{args.command}' runs in one process; start it without "
+                                      "torchrun (under torchrun: "
+                                      f"{', '.join(DISTRIBUTED_COMMANDS)})")
+            distributed.init_from_env()
+            if not distributed.is_main():  # rank 0 alone reports
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the process's life)
         return COMMANDS[args.command](args)
     except PrivatenetError as e:
+        if not distributed.is_main():
+            return 2
         return _fail(to_flags(str(e), _subparsers(parser)[args.command]))
     except BrokenPipeError:
         # The reader went away (`privatenet data-info ... | head`): not an error. Point stdout
@@ -760,6 +870,8 @@ def main(argv: list[str] | None = None) -> int:
         hint = INTERRUPT_HINTS.get(args.command)
         print("privatenet: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ checks every input first, then claims its folder (:func:`~privatenet.train.rundi
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -29,6 +28,7 @@ from privatenet.models import (
     tap_shapes,
 )
 from privatenet.regularizer import PrivacyRegularizer
+from privatenet.train import distributed
 from privatenet.train.checkpoint import (
     atomic_write_bytes,
     atomic_write_text,
@@ -42,7 +42,7 @@ from privatenet.train.checkpoint import (
 )
 from privatenet.train.config import TrainConfig, resolve_device, seed_everything
 from privatenet.train.loop import Callbacks, extract, fit, fit_adversary, predict_features
-from privatenet.train.rundir import open_run
+from privatenet.train.rundir import open_run, open_shared_run
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config
     data.check_train_classes(private)
     train, test = data.split("train", [target]), data.split("test", [target])
     settings = {"job": "train", "data": data.name, "model": model, "model_kwargs": model_kwargs,
-                "target": target, "train": asdict(config),
+                "target": target, "train": config.key(),
                 "init_from": str(init_from) if init_from else None,
                 "privacy": privacy and {k: v for k, v in privacy.items()
                                         if k not in ("private", "adversary")}
@@ -321,10 +321,13 @@ def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config
             raise PrivatenetError(f"{init_from} holds a network with other settings "
                                   f"({init.config}); it cannot initialise {net.config}")
         net.load_state_dict(init.state_dict())
-    with open_run(out, kind="train", fingerprint=fingerprint, resume=resume) as run:
+    # Under torchrun every process trains (fit shards the batches); rank 0 alone writes.
+    writes = distributed.is_main()
+    with open_shared_run(out, kind="train", fingerprint=fingerprint, resume=resume) as run:
         if run.finished:
             return run.results()
-        write_yaml(run.path / "config.yaml", settings)
+        if writes:
+            write_yaml(run.path / "config.yaml", settings)
         history = []
         if not erase or regularizers:
             history = fit(model=net, train=train, target=target, config=config,
@@ -342,10 +345,11 @@ def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config
         if privacy is not None:
             results.update(_privacy_results(net, test, data, privacy["tap"], private, known,
                                             regularizers, config))
-        save_module(run.path / "model", net.cpu(), {
-            "role": "model", "data": data.name, "target": target,
-            "classes": data.classes[target], "image_size": image_size_of(data)})
-        write_json(run.path / "results.json", results)
+        if writes:
+            save_module(run.path / "model", net.cpu(), {
+                "role": "model", "data": data.name, "target": target,
+                "classes": data.classes[target], "image_size": image_size_of(data)})
+            write_json(run.path / "results.json", results)
     return results
 
 
@@ -418,7 +422,7 @@ def attack_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str
     net, meta, train, test = _attacked_network(model_run, data, tap, attribute, "attack")
     head = head or default_adversary(architecture(net), tap)
     settings = {"job": "attack", "data": data.name, "model_run": str(model_run), "tap": tap,
-                "attribute": attribute, "head": head, "train": asdict(config)}
+                "attribute": attribute, "head": head, "train": config.key()}
     fingerprint = {"data": data_fingerprint(data),
                    "network": checkpoint_digest(_model_stem(model_run)),
                    "settings": {k: v for k, v in settings.items()

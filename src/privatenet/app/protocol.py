@@ -306,7 +306,7 @@ def _one_seed(config: ProtocolConfig, task_cfg: TrainConfig, data, taps: list[st
     weights = {"backbone_weights": config.backbone_weights} if config.backbone_weights else {}
 
     # Original network (utility) ---------------------------------------------------------
-    orig_key = {**base, "target": config.target, "train": asdict(task_cfg)}
+    orig_key = {**base, "target": config.target, "train": task_cfg.key()}
     original, orig_dir, orig_hash = stages.run("original" + tag, orig_key, lambda d: train_job(
         data=data, out=d, model=config.model, target=config.target, config=task_cfg,
         model_kwargs=weights, resume=True, callbacks=cb("original")))
@@ -314,7 +314,7 @@ def _one_seed(config: ProtocolConfig, task_cfg: TrainConfig, data, taps: list[st
     def attack(name: str, net_dir: Path, net_hash: str, tap: str, attr: str) -> dict:
         head = default_adversary(config.model, tap)
         key = {"network": net_hash, "tap": tap, "attribute": attr, "head": head,
-               "train": asdict(adv_cfg)}
+               "train": adv_cfg.key()}
         return stages.run(f"attack-{name}{tag}", key, lambda d: attack_job(
             data=data, model_run=net_dir, tap=tap, attribute=attr, head=head, config=adv_cfg,
             out=d, resume=True, callbacks=cb(f"attack {name}")))
@@ -333,7 +333,7 @@ def _one_seed(config: ProtocolConfig, task_cfg: TrainConfig, data, taps: list[st
     # Table 1 ----------------------------------------------------------------------------
     table1, known = [], {}
     for attr in config.private:
-        key = {**base, "target": attr, "train": asdict(task_cfg)}
+        key = {**base, "target": attr, "train": task_cfg.key()}
         res, _, _ = stages.run(f"image-{attr}{tag}", key, lambda d, a=attr: train_job(
             data=data, out=d, model=config.model, target=a, config=task_cfg,
             model_kwargs=weights, resume=True, callbacks=cb(f"image-{a}")))
@@ -347,7 +347,7 @@ def _one_seed(config: ProtocolConfig, task_cfg: TrainConfig, data, taps: list[st
                            **_report_row(res)})
 
     # The lambda = 0 control: fine-tuned exactly like the privacy networks, no privacy term --
-    key = {"original": orig_hash, "init": config.init, "train": asdict(priv_cfg)}
+    key = {"original": orig_hash, "init": config.init, "train": priv_cfg.key()}
     init = orig_dir if config.init == "original" else None
     control_net, control_dir, control_hash = stages.run("finetune" + tag, key, lambda d: train_job(
         data=data, out=d, model=config.model, target=config.target, config=priv_cfg,
@@ -371,7 +371,7 @@ def _one_seed(config: ProtocolConfig, task_cfg: TrainConfig, data, taps: list[st
             privacy = {"loss": loss, "tap": tap, "private": attr, "lam": lam,
                        "update": update or "fixed", "adversary": str(k_dir)}
             key = {"original": orig_hash, "known": k_hash, "loss": loss, "lam": lam,
-                   "update": update, "init": config.init, "train": asdict(priv_cfg)}
+                   "update": update, "init": config.init, "train": priv_cfg.key()}
             if loss == "adversarial":  # the bounded form replaced minus the cross-entropy
                 key["form"] = "-log(1-p_true)"
             if loss in ERASING:  # dims constant on the fitting rows are left alone

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -19,6 +19,10 @@ class TrainConfig:
 
     Defaults follow the public ARM training scripts: Adam (lr 1e-3, weight decay 1e-4),
     exponential learning-rate decay 0.9 per epoch, the public augmentation recipe.
+
+    Speed settings (docs/design.md §4.4): ``precision`` (``auto``: bf16 autocast on CUDA, fp32
+    elsewhere; ``fp32``; ``bf16``), ``memory_format`` (``auto``: channels_last on CUDA,
+    contiguous elsewhere) and ``compile`` (``torch.compile`` of the forward pass, opt-in).
     """
 
     epochs: int = 10
@@ -30,6 +34,9 @@ class TrainConfig:
     augment: bool = True
     device: str = "auto"
     eval_batch_size: int = 256
+    precision: str = "auto"
+    memory_format: str = "auto"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for name, low in (("epochs", 1), ("batch_size", 2), ("eval_batch_size", 1)):
@@ -54,8 +61,32 @@ class TrainConfig:
             raise PrivatenetError(f"device={self.device!r} is invalid; give auto, cpu or "
                                   "cuda[:N]")
         resolve_device(self.device)
+        for name, choices in (("precision", PRECISIONS), ("memory_format", MEMORY_FORMATS)):
+            if getattr(self, name) not in choices:
+                raise PrivatenetError(f"{name}={getattr(self, name)!r} is unknown; use one of "
+                                      f"{', '.join(choices)}")
+        if not isinstance(self.compile, bool):
+            raise PrivatenetError(f"compile={self.compile!r} is invalid; give True or False")
+
+    def key(self) -> dict:
+        """The settings that identify a run (fingerprints, resume checks, stage keys): every
+        field, except the speed settings while they are at their defaults, so that runs and
+        cached stages from before those settings existed keep their identity."""
+        values = asdict(self)
+        for name in SPEED_SETTINGS:
+            if values[name] == getattr(TrainConfig, name):
+                del values[name]
+        return values
 
 
+#: Training precisions: ``auto`` is bf16 autocast on CUDA and fp32 elsewhere, a choice by device
+#: type alone (a choice by measured speed would make a seed's numbers depend on machine load).
+PRECISIONS = ("auto", "fp32", "bf16")
+#: Memory layouts of images and convolution weights: ``auto`` is channels_last on CUDA (tensor
+#: cores want it) and contiguous elsewhere.
+MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
+#: Settings that change speed and, by rounding only, the numbers (left out of keys at defaults).
+SPEED_SETTINGS = ("precision", "memory_format", "compile")
 #: The largest seed every generator accepts (NumPy's legacy seeding takes [0, 2**32 - 1]).
 MAX_SEED = 2**32 - 1
 
@@ -88,8 +119,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA, a no-op elsewhere (this CPU has no native bf16: measured 0.08x)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``fp32`` or ``bf16``: ``auto`` is bf16 on CUDA, fp32 elsewhere."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def resolve_memory_format(memory_format: str, device: torch.device) -> torch.memory_format:
+    """``auto`` is channels_last on CUDA, contiguous elsewhere."""
+    if memory_format == "auto":
+        memory_format = "channels_last" if device.type == "cuda" else "contiguous"
+    return torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively (CUDA with bf16 support; a CPU with
+    AVX512-BF16 or AMX, as oneDNN reports it)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:  # private API, the only query for AVX512-BF16/AMX; failing means "don't know"
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
+
+
+def autocast_for(device: torch.device, precision: str = "auto"):
+    """bf16 autocast when ``precision`` resolves to bf16 on ``device``, else a no-op."""
+    return torch.autocast(device.type, dtype=torch.bfloat16,
+                          enabled=resolve_precision(precision, device) == "bf16")
 
 

@@ -9,6 +9,12 @@ owns shuffling, learning-rate decay, checkpointing, metrics and resume.
 Determinism: the shuffle, the augmentation and dropout of epoch ``e`` draw from generators seeded
 by ``(seed, e)`` only, so a run resumed from the checkpoint of epoch ``e - 1`` repeats exactly the
 computation of an uninterrupted run (on CPU).
+
+Under torchrun (:mod:`privatenet.train.distributed`) every process draws the same shuffle and
+takes every N-th row of each mini-batch, so the global batch is the one a single process would
+use; torch's ``DistributedDataParallel`` averages the gradients, the epoch's metrics are summed
+over the processes, batch-norm statistics are taken from rank 0 after each epoch, and rank 0
+alone writes checkpoints.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +36,7 @@ from privatenet.errors import PrivatenetError
 from privatenet.losses import total_loss
 from privatenet.models.taps import require_tap
 from privatenet.regularizer import PrivacyRegularizer
+from privatenet.train import distributed
 from privatenet.train.checkpoint import (
     load_optimizer_state,
     load_training_checkpoint,
@@ -40,7 +47,14 @@ from privatenet.train.checkpoint import (
     unprefixed,
     write_jsonl,
 )
-from privatenet.train.config import TrainConfig, autocast_for, resolve_device
+from privatenet.train.config import (
+    TrainConfig,
+    autocast_for,
+    bf16_native,
+    resolve_device,
+    resolve_memory_format,
+    resolve_precision,
+)
 
 __all__ = ["Callbacks", "extract", "fit", "fit_adversary", "predict_features"]
 
@@ -138,6 +152,7 @@ def _run_epochs(*, n: int, step: Callable[[torch.Tensor, torch.Generator], dict]
             load_optimizer_state(f"optim.{name}", o, tensors, meta["optimizers"][name])
         first, history = meta["epoch"] + 1, meta["history"]
         log.info("resuming %s at epoch %d", run_dir, first + 1)
+    rank, world = distributed.world()
     steps = max(1, -(-n // config.batch_size))
     for epoch in range(first, config.epochs):
         lr = config.lr * config.lr_decay ** epoch
@@ -145,22 +160,33 @@ def _run_epochs(*, n: int, step: Callable[[torch.Tensor, torch.Generator], dict]
             for g in o.param_groups:
                 g["lr"] = lr
         gen = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch))
-        torch.manual_seed(_epoch_seed(config.seed, epoch) + 1)  # dropout
-        perm = torch.randperm(n, generator=gen)
+        torch.manual_seed(_epoch_seed(config.seed, epoch) + 1 + rank)  # dropout
+        perm = torch.randperm(n, generator=gen)  # the same on every process
+        # One process augments from the shuffle's generator; several each from their own.
+        aug = gen if world == 1 else torch.Generator().manual_seed(
+            _epoch_seed(config.seed, epoch) + 104_729 * (rank + 1))
         for m in modules.values():
             m.train()
         sums: dict[str, torch.Tensor] = {}
         seen, t0 = 0, time.perf_counter()
         for s in range(steps):
             idx = perm[s * config.batch_size:(s + 1) * config.batch_size]
-            if idx.numel() < 2:  # BatchNorm cannot train on one sample
+            if idx.numel() < 2 * world:  # BatchNorm cannot train on one sample per process
                 continue
-            logs = step(idx, gen)
+            idx = idx[rank::world]
+            logs = step(idx, aug)
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float() * idx.numel()
             seen += idx.numel()
             if callbacks.on_step:
                 callbacks.on_step(s + 1, steps)
+        if world > 1:
+            keys = sorted(sums)
+            total = distributed.all_sum(torch.stack([torch.as_tensor(sums[k]).cpu().double()
+                                                     for k in keys] + [torch.tensor(seen)]))
+            sums, seen = dict(zip(keys, total[:-1], strict=True)), float(total[-1])
+            for m in modules.values():
+                distributed.broadcast_buffers(m)
         record = {"epoch": epoch + 1, "lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
         for k, v in sums.items():
             value = float(v) / seen
@@ -169,7 +195,7 @@ def _run_epochs(*, n: int, step: Callable[[torch.Tensor, torch.Generator], dict]
                                       "lower the learning rate or the privacy weight")
             record[k] = value
         history.append(record)
-        if run_dir is not None:
+        if run_dir is not None and rank == 0:
             tensors, opt_meta = {}, {}
             for name, m in modules.items():
                 tensors.update(prefixed(f"module.{name}", m.state_dict()))
@@ -185,6 +211,38 @@ def _run_epochs(*, n: int, step: Callable[[torch.Tensor, torch.Generator], dict]
         if callbacks.on_epoch:
             callbacks.on_epoch(record)
     return history
+
+
+class _TapsForward(nn.Module):
+    """``forward`` = the model's ``forward_taps``: DistributedDataParallel and torch.compile wrap
+    ``forward``, and training needs the taps."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor):
+        return self.model.forward_taps(x)
+
+
+def _training_device(config: TrainConfig) -> torch.device:
+    """The configured device; under torchrun on CUDA, this process's own GPU."""
+    device = resolve_device(config.device)
+    if device.type == "cuda" and distributed.world()[1] > 1:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _forward(model: nn.Module, device: torch.device, config: TrainConfig):
+    """The training forward pass ``x -> (logits, taps)``: the model itself, wrapped in
+    DistributedDataParallel under torchrun, compiled with ``config.compile``."""
+    forward: nn.Module = _TapsForward(model)
+    if distributed.world()[1] > 1:
+        forward = nn.parallel.DistributedDataParallel(
+            forward, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        forward = torch.compile(forward)
+    return forward
 
 
 def _adam(params, config: TrainConfig) -> torch.optim.Adam:
@@ -269,13 +327,24 @@ def fit(*, model: nn.Module, train: Split, target: str, config: TrainConfig | No
         raise PrivatenetError(f"the training split has no label column {target!r}")
     terms = _privacy_terms(regularizer, tap, private, model, train)
     several = len(terms) > 1
-    device = resolve_device(config.device)
-    model.to(device)
+    if distributed.world()[1] > 1 and any(reg.trainable_modules() for reg, _, _ in terms):
+        raise PrivatenetError("adversaries trained during training (alternating update, "
+                              "ensemble) are not supported with several processes; use a "
+                              "fixed adversary, hsic or leace, or run one process")
+    device = _training_device(config)
+    precision = resolve_precision(config.precision, device)
+    if precision == "bf16" and not bf16_native(device):
+        log.warning("precision=bf16 on %s, which has no native bf16 (a CPU needs AVX512-BF16 "
+                    "or AMX): it is emulated and usually much slower than fp32; 'privatenet "
+                    "bench' measures it on this machine", device)
+    memory_format = resolve_memory_format(config.memory_format, device)
+    model.to(device=device, memory_format=memory_format)
+    forward = _forward(model, device, config)
     images = train.images.to(device)
     y_all = train.labels[target].to(device)
     modules: dict[str, nn.Module] = {"model": model}
     optimizers = {"model": _adam(model.parameters(), config)}
-    signature = {"kind": "fit", "config": asdict(config), "target": target, "n": len(train),
+    signature = {"kind": "fit", "config": config.key(), "target": target, "n": len(train),
                  "model": getattr(model, "config", type(model).__name__)}
     s_all: dict[str, torch.Tensor] = {}
     for i, (reg, _, attr) in enumerate(terms):
@@ -293,9 +362,10 @@ def fit(*, model: nn.Module, train: Split, target: str, config: TrainConfig | No
         idx_dev = idx.to(device)
         x = images[idx_dev]
         x = augment(x, generator=gen) if config.augment else normalize(x)
+        x = x.contiguous(memory_format=memory_format)
         y = y_all[idx_dev]
-        with autocast_for(device):
-            logits, taps = model.forward_taps(x)
+        with autocast_for(device, precision):
+            logits, taps = forward(x)
             ce = F.cross_entropy(logits.float(), y)
             loss = ce
             for reg, _, _ in terms:
@@ -323,10 +393,14 @@ def fit(*, model: nn.Module, train: Split, target: str, config: TrainConfig | No
                 logs.update({f"adv_loss/{attr}": v for attr, v in adv.items()})
         return logs
 
-    return _run_epochs(n=len(train), step=step, modules=modules, optimizers=optimizers,
-                       config=config, signature=signature,
-                       run_dir=Path(run_dir) if run_dir is not None else None,
-                       resume=resume, callbacks=callbacks)
+    try:
+        return _run_epochs(n=len(train), step=step, modules=modules, optimizers=optimizers,
+                           config=config, signature=signature,
+                           run_dir=Path(run_dir) if run_dir is not None else None,
+                           resume=resume, callbacks=callbacks)
+    finally:
+        # Whoever uses the trained network next expects the usual layout.
+        model.to(memory_format=torch.contiguous_format)
 
 
 def fit_adversary(adversary: nn.Module, features: torch.Tensor, labels: torch.Tensor, *,
@@ -358,7 +432,7 @@ def fit_adversary(adversary: nn.Module, features: torch.Tensor, labels: torch.Te
     adversary.to(device)
     feats, y_all = features.to(device), labels.long().to(device)
     opt = _adam(adversary.parameters(), config)
-    signature = {"kind": "adversary", "config": asdict(config), "n": int(labels.numel()),
+    signature = {"kind": "adversary", "config": config.key(), "n": int(labels.numel()),
                  "head": getattr(adversary, "config", type(adversary).__name__)}
 
     def step(idx: torch.Tensor, gen: torch.Generator) -> dict:

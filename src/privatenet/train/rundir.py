@@ -21,10 +21,11 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 from privatenet.errors import PrivatenetError
+from privatenet.train import distributed
 from privatenet.train.checkpoint import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -257,6 +258,32 @@ def open_run(path: str | Path, *, kind: str, fingerprint: dict | None,
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+@contextmanager
+def open_shared_run(path: str | Path, *, kind: str, fingerprint: dict | None,
+                    resume: bool) -> Iterator[Run]:
+    """:func:`open_run` for a job that may run in several processes under torchrun: rank 0
+    claims the folder and alone writes into it; the other processes wait for its claim, raise
+    its refusal if it was refused, and otherwise get a view of the same folder (to resume from
+    its checkpoints). One process: exactly :func:`open_run`."""
+    rank, world = distributed.world()
+    if world == 1:
+        with open_run(path, kind=kind, fingerprint=fingerprint, resume=resume) as run:
+            yield run
+        return
+    with ExitStack() as stack:
+        if rank == 0:
+            try:
+                run = stack.enter_context(open_run(path, kind=kind, fingerprint=fingerprint,
+                                                   resume=resume))
+            except PrivatenetError as e:
+                distributed.agree(str(e))  # raises it here too, after telling the others
+            distributed.agree(None)
+        else:
+            distributed.agree(None)
+            run = Run(Path(path), kind, fingerprint, created=False)
+        yield run
 
 
 def _remove(path: Path) -> None:
