@@ -186,3 +186,13 @@ def test_import_public_checkpoint_then_attack(tmp_path, capsys):
                tmp_path / "other.pth")
     _fails(capsys, ["import-checkpoint", str(tmp_path / "other.pth"), *data,
                     "--out", str(tmp_path / "imp2")], "other.pth")
+
+
+def test_reproduce_dry_run_lists_stages_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["reproduce", "--preset", "smoke", "--data", "synthfaces:n=60,size=32",
+                 "--device", "cpu", "--dry-run", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "original" in printed and "to run" in printed and "training images/s" in printed
+    assert "stages to run" in printed and "not projected" in printed  # the audits
+    assert not out.exists()

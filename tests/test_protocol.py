@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from privatenet.app.protocol import reproduce, resolve_config
+from privatenet.app.protocol import plan, reproduce, resolve_config
+from privatenet.data import load_dataset
 from privatenet.errors import PrivatenetError
 
 REPORT = {"accuracy", "balanced_accuracy", "majority", "chance", "normalized_leakage", "ci95"}
@@ -20,7 +21,21 @@ def test_smoke_reproduce_on_a_grayscale_string_label_manifest(tmp_path, make_man
     config = resolve_config("smoke", {"data": f"manifest:{csv}", "taps": ["pool"],
                                       "device": "cpu"})
     out = tmp_path / "run"
+    before = plan(config=config, out=out, measure_steps=1)
+    assert not out.exists()  # a dry run writes nothing
+    assert before["to_run"] == len(before["stages"]) and before["projected_seconds"] > 0
     results = reproduce(config=config, out=out)
+    after = plan(config=config, out=out, measure_steps=1)
+    # the dry run names exactly the stage folders the run made, now all cached
+    assert all(st["cached"] for st in after["stages"]) and after["to_run"] == 0
+    assert {st["folder"] for st in after["stages"]} == {
+        st["folder"] for st in results["stages"]} == {st["folder"] for st in before["stages"]}
+    passes = {st["stage"]: (st["train_passes"], st["forward_passes"])
+              for st in before["stages"]}
+    n_train = len(load_dataset(config.data).split("train", ["emotion"]))
+    n_test = results["utility"]["original_report"]["n"]
+    assert passes["original"] == (config.train.epochs * n_train, n_test)
+    assert passes["attack-original-pool-gender"][0] == 0  # features only: no training pass
 
     # results.json: the schema of the protocol issue
     saved = json.loads((out / "results.json").read_text())

@@ -259,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None, help="seed (default 0)")
     g.add_argument("--device", default=None, help="auto (default), cpu or cuda[:N]")
     _speed_args(g)
+    g.add_argument("--dry-run", action="store_true",
+                   help="run nothing and write nothing: list every stage, cached or not, with "
+                        "its image passes and its time projected from a short measured "
+                        "throughput on this device")
     g.add_argument("--out", required=True, help="run folder (stages/, results.json, report.md, "
                                                 "fig2_lambda_sweep.png)")
 
@@ -752,7 +756,42 @@ def cmd_reproduce(args) -> int:
         "adversarial_update": args.adversarial_update, "backbone_weights": args.backbone_weights,
         "seeds": args.seeds, "latency_precision": args.latency_precision,
         "audit_zoo": args.audit_zoo, **_speed_settings(args)}
-    return _run_protocol(resolve_config(args.preset, overrides), args.out)
+    config = resolve_config(args.preset, overrides)
+    if args.dry_run:
+        return _print_plan(config, args.out)
+    return _run_protocol(config, args.out)
+
+
+def _print_plan(config, out: str) -> int:
+    """``reproduce --dry-run``: the stages and the projected time."""
+    from privatenet.app.protocol import FORWARD_SHARE, plan
+
+    p = plan(config=config, out=out)
+    print(f"{'stage':52s} {'state':6s} {'train passes':>13s} {'forward':>9s} {'projected':>10s}")
+    for st in p["stages"]:
+        print(f"{st['stage']:52s} {'cached' if st['cached'] else 'to run':6s} "
+              f"{st['train_passes']:13,d} {st['forward_passes']:9,d} "
+              f"{_duration(st['projected_seconds']):>10s}")
+    t, env = p["throughput"], p["throughput"]["environment"]
+    print(f"{p['to_run']} of {len(p['stages'])} stages to run: {p['train_passes']:,} training "
+          f"and {p['forward_passes']:,} forward image passes, projected "
+          f"{_duration(p['projected_seconds'])}")
+    print(f"from {t['train_images_per_s']:.1f} training images/s measured just now "
+          f"({t['variant']}, batch {t['batch_size']}, {t['image_size']} px, random tensors) on "
+          f"{env['device_name']} ({env['threads']} threads); forward-only passes counted at "
+          f"{FORWARD_SHARE:.2f} of a training step")
+    if p["not_projected"]:
+        print(f"not projected: the attacker fitting of {len(p['not_projected'])} audit stages "
+              "(scikit-learn on the CPU; --audit-zoo none leaves them out)")
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def cmd_demo(args) -> int:

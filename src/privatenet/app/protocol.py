@@ -38,6 +38,7 @@ from privatenet.app.jobs import (
 from privatenet.app.latency import PRECISIONS, latency_ms
 from privatenet.audit import check_audit_settings
 from privatenet.data import load_dataset
+from privatenet.data.base import MISSING
 from privatenet.data.spec import DataSpec, check_image_size, parse_spec
 from privatenet.errors import PrivatenetError
 from privatenet.losses import PAPER_LOSSES, check_lam, check_loss
@@ -46,7 +47,12 @@ from privatenet.models import default_adversary, require_tap
 from privatenet.models.registry import check_model_name, model_options
 from privatenet.regularizer import check_update
 from privatenet.train.checkpoint import read_json, write_json, write_yaml
-from privatenet.train.config import TrainConfig, resolve_device
+from privatenet.train.config import (
+    TrainConfig,
+    resolve_device,
+    resolve_memory_format,
+    resolve_precision,
+)
 from privatenet.train.loop import Callbacks
 from privatenet.train.rundir import open_run
 
@@ -197,16 +203,49 @@ def _digest(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+class _Planned(dict):
+    """The result of a stage that a dry run does not run: every item of it, and every number
+    computed from it, is another ``_Planned``, so the code that assembles the tables runs
+    through (and so names every stage and key exactly as a real run would) without figures."""
+
+    def __missing__(self, key):
+        return _Planned()
+
+    def __contains__(self, key) -> bool:
+        return False
+
+    def get(self, key, default=None):
+        return default
+
+    def __iter__(self):
+        return iter(())
+
+    def _same(self, *args):
+        return self
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _same
+    __truediv__ = __rtruediv__ = _same
+
+
 class _Stages:
-    """Runs stages in hashed folders, remembering which ran and which were cached."""
+    """Runs stages in hashed folders, remembering which ran and which were cached. A dry run
+    (``dry=True``) runs none: it logs every stage with the image passes it needs."""
 
-    def __init__(self, out: Path, on_stage: Callable[[str, bool], None] | None) -> None:
-        self.out, self.on_stage, self.log = out, on_stage, []
+    def __init__(self, out: Path, on_stage: Callable[[str, bool], None] | None,
+                 dry: bool = False) -> None:
+        self.out, self.on_stage, self.log, self.dry = out, on_stage, [], dry
 
-    def run(self, name: str, key: dict, job: Callable[[Path], dict]) -> tuple[dict, Path, str]:
+    def run(self, name: str, key: dict, job: Callable[[Path], dict],
+            passes: tuple[int, int] = (0, 0)) -> tuple[dict, Path, str]:
+        """``passes``: the stage's (training, forward-only) image passes, for a dry run."""
         digest = _digest(key)
         folder = self.out / "stages" / f"{name}-{digest}"
         cached = (folder / "results.json").exists()
+        if self.dry:
+            self.log.append({"stage": name, "folder": str(folder.relative_to(self.out)),
+                             "cached": cached, "train_passes": passes[0],
+                             "forward_passes": passes[1]})
+            return _Planned(), folder, digest
         if self.on_stage:
             self.on_stage(name, cached)
         if cached:
@@ -241,9 +280,58 @@ def reproduce(*, config: ProtocolConfig, out: str | Path,
         return _reproduce(config, run.path, on_stage, callbacks or (lambda name: None))
 
 
+#: A forward pass costs about a third of a training step (the backward pass about twice the
+#: forward); the dry run's projection of forward-only passes rests on this rule of thumb.
+FORWARD_SHARE = 1 / 3
+
+
+def plan(*, config: ProtocolConfig, out: str | Path, measure_steps: int = 3) -> dict:
+    """What ``reproduce`` would do in ``out``, without doing it or writing anything: every
+    stage with its folder, whether it is cached, its image passes (training and forward-only),
+    and its projected seconds from a short measured training throughput of the model on the
+    configured device (:func:`privatenet.bench.measure`, ``measure_steps`` timed steps on random
+    tensors; forward-only passes at :data:`FORWARD_SHARE` of a training step's cost). The
+    attacker fitting of audit stages is not projected; they are listed in ``not_projected``.
+    Each stage is listed once, in the order a run meets it."""
+    from privatenet.bench import measure
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PrivatenetError(f"{out} is a file, not a run folder; give a folder")
+    found = _reproduce(config, out, None, lambda name: None, dry=True)
+    device = resolve_device(config.train.device)
+    variant = "compile" if config.train.compile else "+".join(
+        ["channels_last"] * (resolve_memory_format(config.train.memory_format, device)
+                             == torch.channels_last)
+        + ["bf16"] * (resolve_precision(config.train.precision, device) == "bf16")) or "fp32"
+    speed = measure(model=config.model, image_size=found["image_size"],
+                    batch_size=config.train.batch_size, device=config.train.device,
+                    steps=measure_steps, warmup=1, latency_iters=1, variants=[variant],
+                    compile=config.train.compile)
+    ips = speed["variants"][0]["train_images_per_s"]
+    # A stage met again (the sweep reuses Table 2's networks) is cached by then: list it once.
+    seen: set[str] = set()
+    found["stages"] = [st for st in found["stages"]
+                       if not (st["folder"] in seen or seen.add(st["folder"]))]
+    for st in found["stages"]:
+        st["projected_seconds"] = (st["train_passes"]
+                                   + st["forward_passes"] * FORWARD_SHARE) / ips
+    todo = [st for st in found["stages"] if not st["cached"]]
+    return {"stages": found["stages"],
+            "throughput": {"train_images_per_s": ips, "variant": variant,
+                           "environment": speed["environment"],
+                           "batch_size": config.train.batch_size,
+                           "image_size": found["image_size"]},
+            "to_run": len(todo),
+            "train_passes": sum(st["train_passes"] for st in todo),
+            "forward_passes": sum(st["forward_passes"] for st in todo),
+            "projected_seconds": sum(st["projected_seconds"] for st in todo),
+            "not_projected": [st["stage"] for st in todo if st["stage"].startswith("audit-")]}
+
+
 def _reproduce(config: ProtocolConfig, out: Path,
                on_stage: Callable[[str, bool], None] | None,
-               cb: Callable[[str], Callbacks | None]) -> dict:
+               cb: Callable[[str], Callbacks | None], dry: bool = False) -> dict:
     from privatenet.app.report import write_report
 
     data = load_dataset(config.data, image_size=config.image_size, cache_dir=config.cache_dir)
@@ -258,8 +346,9 @@ def _reproduce(config: ProtocolConfig, out: Path,
     if sweep_tap not in taps or sweep_attr not in config.private:
         raise PrivatenetError(f"the lambda sweep on {sweep_attr!r} from {sweep_tap!r} needs that "
                               "tap in taps and that attribute in private")
-    write_yaml(out / "config.yaml", config.to_dict())
-    stages = _Stages(out, on_stage)
+    if not dry:
+        write_yaml(out / "config.yaml", config.to_dict())
+    stages = _Stages(out, on_stage, dry)
     # The data's content is part of every stage's key: replaced images or labels under the same
     # spec recompute the stages instead of reusing numbers from other data. So is the starting
     # backbone's content (the from-scratch stages; every other stage keys on their hashes).
@@ -270,7 +359,7 @@ def _reproduce(config: ProtocolConfig, out: Path,
     runs = [_one_seed(config, replace(config.train, seed=seed), data, taps, sweep_tap,
                       sweep_attr, base, stages, cb) for seed in seeds]
     results = dict(runs[0])
-    if len(runs) > 1:
+    if len(runs) > 1 and not dry:
         results["table1"], results["table2"], results["lambda_sweep"] = (
             _over_seeds([r[key] for r in runs]) for key in ("table1", "table2", "lambda_sweep"))
         results["utility"]["over_seeds"] = _stats(
@@ -283,8 +372,11 @@ def _reproduce(config: ProtocolConfig, out: Path,
         key = {"network": folder.name, "device": str(device), "device_name": device_name,
                "precision": config.latency_precision, "repeats": config.latency_repeats}
         res, _, _ = stages.run("latency-" + name.replace("/", "-"), key,
-                               lambda d, f=folder: _latency_stage(d, f, size, config))
+                               lambda d, f=folder: _latency_stage(d, f, size, config),
+                               (0, config.latency_repeats + 5))
         latency.append({"network": name, **res})
+    if dry:
+        return {"stages": stages.log, "image_size": size}
     results.pop("networks")
     results.update({
         "config": config.to_dict() | {"taps": taps, "sweep_tap": sweep_tap,
@@ -307,9 +399,20 @@ def _one_seed(config: ProtocolConfig, task_cfg: TrainConfig, data, taps: list[st
 
     # Original network (utility) ---------------------------------------------------------
     orig_key = {**base, "target": config.target, "train": task_cfg.key()}
+    rows = {c: {s: int((data.splits[s].labels[c] != MISSING).sum()) for s in ("train", "test")}
+            for c in [config.target, *config.private]}  # rows with a known label, per split
+
+    def trained(col: str, epochs: int, more: int = 0) -> tuple[int, int]:
+        """A training stage's passes: epochs over the train rows, the test rows once."""
+        return epochs * rows[col]["train"], rows[col]["test"] + more
+
+    def extracted(col: str) -> tuple[int, int]:
+        return 0, rows[col]["train"] + rows[col]["test"]
+
     original, orig_dir, orig_hash = stages.run("original" + tag, orig_key, lambda d: train_job(
         data=data, out=d, model=config.model, target=config.target, config=task_cfg,
-        model_kwargs=weights, resume=True, callbacks=cb("original")))
+        model_kwargs=weights, resume=True, callbacks=cb("original")),
+        trained(config.target, task_cfg.epochs))
 
     def attack(name: str, net_dir: Path, net_hash: str, tap: str, attr: str) -> dict:
         head = default_adversary(config.model, tap)
@@ -317,7 +420,7 @@ def _one_seed(config: ProtocolConfig, task_cfg: TrainConfig, data, taps: list[st
                "train": adv_cfg.key()}
         return stages.run(f"attack-{name}{tag}", key, lambda d: attack_job(
             data=data, model_run=net_dir, tap=tap, attribute=attr, head=head, config=adv_cfg,
-            out=d, resume=True, callbacks=cb(f"attack {name}")))
+            out=d, resume=True, callbacks=cb(f"attack {name}")), extracted(attr))
 
     def audit(name: str, net_dir: Path, net_hash: str, tap: str, attr: str) -> dict | None:
         if config.audit_zoo == "none":
@@ -326,7 +429,7 @@ def _one_seed(config: ProtocolConfig, task_cfg: TrainConfig, data, taps: list[st
                "seed": task_cfg.seed, "mdl": config.audit_mdl}
         res, _, _ = stages.run(f"audit-{name}{tag}", key, lambda d: audit_job(
             data=data, model_run=net_dir, tap=tap, attribute=attr, config=task_cfg, out=d,
-            zoo=config.audit_zoo, controls=False, mdl=config.audit_mdl))
+            zoo=config.audit_zoo, controls=False, mdl=config.audit_mdl), extracted(attr))
         mdl = res.get("mdl")
         return res["worst"] | ({"compression": mdl["compression"]} if mdl else {})
 
@@ -336,7 +439,8 @@ def _one_seed(config: ProtocolConfig, task_cfg: TrainConfig, data, taps: list[st
         key = {**base, "target": attr, "train": task_cfg.key()}
         res, _, _ = stages.run(f"image-{attr}{tag}", key, lambda d, a=attr: train_job(
             data=data, out=d, model=config.model, target=a, config=task_cfg,
-            model_kwargs=weights, resume=True, callbacks=cb(f"image-{a}")))
+            model_kwargs=weights, resume=True, callbacks=cb(f"image-{a}")),
+            trained(attr, task_cfg.epochs))
         table1.append({"attribute": attr, "source": "image", **_report_row(res["utility"])})
         for tap in taps:
             name = f"original-{tap}-{attr}"
@@ -352,7 +456,7 @@ def _one_seed(config: ProtocolConfig, task_cfg: TrainConfig, data, taps: list[st
     control_net, control_dir, control_hash = stages.run("finetune" + tag, key, lambda d: train_job(
         data=data, out=d, model=config.model, target=config.target, config=priv_cfg,
         init_from=init, model_kwargs={} if init else weights, resume=True,
-        callbacks=cb("finetune (lambda = 0 control)")))
+        callbacks=cb("finetune (lambda = 0 control)")), trained(config.target, priv_cfg.epochs))
 
     def row(loss: str, tap: str, attr: str, lam: float) -> dict:
         """One network's Table 2 row: utility, the known adversary K, the unknown adversary U
@@ -365,7 +469,7 @@ def _one_seed(config: ProtocolConfig, task_cfg: TrainConfig, data, taps: list[st
             k_now, _, _ = stages.run(f"known-{name}{tag}", key,
                                      lambda d: known_job(data=data, model_run=control_dir,
                                                          adversary_run=k_dir, config=task_cfg,
-                                                         out=d))
+                                                         out=d), (0, rows[attr]["test"]))
         else:
             update = config.adversarial_update if loss == "adversarial" else None
             privacy = {"loss": loss, "tap": tap, "private": attr, "lam": lam,
@@ -380,7 +484,9 @@ def _one_seed(config: ProtocolConfig, task_cfg: TrainConfig, data, taps: list[st
             net, net_dir, net_hash = stages.run(name + tag, key, lambda d: train_job(
                 data=data, out=d, model=config.model, target=config.target, config=priv_cfg,
                 init_from=init, model_kwargs={} if init else weights, privacy=privacy,
-                resume=True, callbacks=cb(name)))
+                resume=True, callbacks=cb(name)),
+                trained(config.target, priv_cfg.epochs, rows[attr]["test"]
+                        + (rows[attr]["train"] if loss in ERASING else 0)))
             k_now = net["known"]
         unknown = attack(name, net_dir, net_hash, tap, attr)[0]
         return {"attribute": attr, "tap": tap, "loss": loss, "lam": lam, "update": update,
