@@ -144,3 +144,24 @@ def test_torch_heads_join_the_zoo_with_epochs_chosen_on_validation():
     assert head["input"] == "map" and head["seeds"][0]["chosen"]["epochs"] in (2, 6)
     assert head["normalized_leakage"] > 0.3 and 0.5 < head["auroc"] <= 1.0
     assert result["settings"]["heads"] == ["head:conv"]
+
+
+def test_wide_features_are_fitted_in_the_train_rows_basis_with_the_same_solution():
+    from sklearn.linear_model import LogisticRegression
+
+    from privatenet.audit import _train_row_basis
+
+    rng = np.random.default_rng(0)
+    xtr, xte = rng.normal(size=(60, 300)), rng.normal(size=(40, 300))
+    w = rng.normal(size=300)
+    ytr, yte = (xtr @ w > 0).astype(int), (xte @ w > 0).astype(int)
+    mean, std = xtr.mean(0), xtr.std(0)
+    ztr, zte = _train_row_basis(xtr, xte)
+    assert ztr.shape == (60, 60) and zte.shape == (40, 60)  # one coordinate per train row
+    exact = dict(C=0.1, tol=1e-10, max_iter=10_000)
+    wide = LogisticRegression(**exact).fit((xtr - mean) / std, ytr)
+    narrow = LogisticRegression(**exact).fit(ztr, ytr)
+    # the L2-penalised optimum lies in the train rows' span: the same scores on test rows
+    np.testing.assert_allclose(narrow.decision_function(zte),
+                               wide.decision_function((xte - mean) / std), atol=1e-5)
+    assert (narrow.predict(zte) == yte).mean() > 0.5
