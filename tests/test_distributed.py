@@ -63,6 +63,34 @@ def test_train_command_under_torchrun_writes_once_and_resumes(tmp_path):
     assert "holds a finished train run" in refused.stderr
 
 
+def test_reproduce_under_torchrun_trains_in_both_processes_and_caches(tmp_path):
+    out = tmp_path / "rep"
+    cmd = ["-m", "privatenet", "reproduce", "--preset", "smoke", "--data",
+           "synthfaces:n=300,size=32", "--taps", "pool", "--private", "age",
+           "--losses", "confusion,hsic", "--lambdas", "0,1", "--device", "cpu",
+           "--out", str(out)]
+    done = _torchrun(*cmd, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("Table 2") == 1  # rank 0 alone prints the tables
+    results = json.loads((out / "results.json").read_text())
+    assert [r["loss"] for r in results["table2"]] == ["none", "confusion", "hsic"]
+    assert all(r["audit"]["accuracy"] >= 0 for r in results["table2"])  # rank 0's audits
+    again = _torchrun(*cmd, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[run]" not in again.stderr and "[cached] original" in again.stderr
+
+
+def test_a_refusal_in_a_rank_0_stage_stops_every_process(tmp_path):
+    # 120 faces leave an age class with one train row: rank 0's audit stage refuses it while
+    # rank 1 waits for that stage; both must stop with rank 0's one-line error, not hang.
+    done = _torchrun("-m", "privatenet", "reproduce", "--preset", "smoke", "--data",
+                     "synthfaces:n=120,size=32", "--taps", "pool", "--private", "age",
+                     "--device", "cpu", "--out", str(tmp_path / "rep"), cwd=tmp_path)
+    assert done.returncode != 0
+    assert done.stderr.count("privatenet: error:") == 1
+    assert "an audit needs at least 20 and 2 per class" in done.stderr
+
+
 def test_commands_that_run_in_one_process_are_refused_under_torchrun(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["data-info", "synthfaces:n=50,size=32"]) == 2

@@ -733,8 +733,13 @@ def _run_protocol(config, out: str) -> int:
     from privatenet.app.protocol import reproduce
     from privatenet.app.report import tables_markdown
 
+    from privatenet.train import distributed
+
+    main = distributed.is_main()  # under torchrun, rank 0 alone reports
+
     def on_stage(name: str, cached: bool) -> None:
-        print(f"[{'cached' if cached else 'run'}] {name}", file=sys.stderr, flush=True)
+        if main:
+            print(f"[{'cached' if cached else 'run'}] {name}", file=sys.stderr, flush=True)
 
     results = reproduce(config=config, out=out, on_stage=on_stage,
                         callbacks=lambda name: _Progress(name).callbacks)
@@ -808,7 +813,7 @@ COMMANDS = {"train": cmd_train, "attack": cmd_attack, "audit": cmd_audit,
             "bench": cmd_bench}
 
 #: Commands that may run in several processes under torchrun (docs/design.md §4.4).
-DISTRIBUTED_COMMANDS = ("train",)
+DISTRIBUTED_COMMANDS = ("train", "reproduce", "demo")
 
 _RESUME = "rerun the same command with --resume to continue"
 _RERUN = ("rerun the same command to continue (finished stages are kept and a killed stage "

@@ -54,7 +54,8 @@ from privatenet.train.config import (
     resolve_precision,
 )
 from privatenet.train.loop import Callbacks
-from privatenet.train.rundir import open_run
+from privatenet.train import distributed
+from privatenet.train.rundir import open_run, open_shared_run
 
 log = logging.getLogger(__name__)
 
@@ -238,10 +239,13 @@ class _Stages:
 
     def run(self, name: str, key: dict, job: Callable[[Path], dict],
             passes: tuple[int, int] = (0, 0)) -> tuple[dict, Path, str]:
-        """``passes``: the stage's (training, forward-only) image passes, for a dry run."""
+        """``passes``: the stage's (training, forward-only) image passes (a dry run lists them;
+        under torchrun a stage with training passes runs in every process, the others in rank
+        0 alone while the rest wait for its result)."""
         digest = _digest(key)
         folder = self.out / "stages" / f"{name}-{digest}"
-        cached = (folder / "results.json").exists()
+        # Rank 0's view, so that every process takes the same branch (and the same collectives).
+        cached = distributed.from_main((folder / "results.json").exists())
         if self.dry:
             self.log.append({"stage": name, "folder": str(folder.relative_to(self.out)),
                              "cached": cached, "train_passes": passes[0],
@@ -257,7 +261,18 @@ class _Stages:
                                       "command again to recompute that stage") from None
         else:
             start = time.perf_counter()
-            result = job(folder)
+            if passes[0] or distributed.world()[1] == 1:
+                result = job(folder)
+            else:  # under torchrun: rank 0 alone, the others wait and read what it wrote
+                error = None
+                if distributed.is_main():
+                    try:
+                        result = job(folder)
+                    except PrivatenetError as e:
+                        error = str(e)
+                distributed.agree(error)
+                if not distributed.is_main():
+                    result = read_json(folder / "results.json")
             seconds = round(time.perf_counter() - start, 2)
         self.log.append({"stage": name, "folder": str(folder.relative_to(self.out)),
                          "cached": cached} | ({} if cached else {"seconds": seconds}))
@@ -277,7 +292,7 @@ def reproduce(*, config: ProtocolConfig, out: str | Path,
     ``on_stage(name, cached)`` is called as each stage starts; ``callbacks(name)`` gives the
     training-loop callbacks (progress bars) for a stage.
     """
-    with open_run(out, kind="reproduce", fingerprint=None, resume=True) as run:
+    with open_shared_run(out, kind="reproduce", fingerprint=None, resume=True) as run:
         return _reproduce(config, run.path, on_stage, callbacks or (lambda name: None))
 
 
@@ -347,7 +362,8 @@ def _reproduce(config: ProtocolConfig, out: Path,
     if sweep_tap not in taps or sweep_attr not in config.private:
         raise PrivatenetError(f"the lambda sweep on {sweep_attr!r} from {sweep_tap!r} needs that "
                               "tap in taps and that attribute in private")
-    if not dry:
+    writes = not dry and distributed.is_main()  # under torchrun, rank 0 writes
+    if writes:
         write_yaml(out / "config.yaml", config.to_dict())
     stages = _Stages(out, on_stage, dry)
     # The data's content is part of every stage's key: replaced images or labels under the same
@@ -384,8 +400,9 @@ def _reproduce(config: ProtocolConfig, out: Path,
                                       "sweep_attribute": sweep_attr, "seed_list": seeds},
         "classes": {c: data.classes[c] for c in [config.target, *config.private]},
         "latency_ms": latency, "stages": stages.log})
-    write_json(out / "results.json", results)
-    write_report(results, out)
+    if writes:
+        write_json(out / "results.json", results)
+        write_report(results, out)
     return results
 
 

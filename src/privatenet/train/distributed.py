@@ -18,8 +18,8 @@ import torch.distributed as dist
 
 from privatenet.errors import PrivatenetError
 
-__all__ = ["agree", "all_sum", "broadcast_buffers", "init_from_env", "is_main", "shutdown",
-           "world"]
+__all__ = ["agree", "all_sum", "broadcast_buffers", "from_main", "init_from_env", "is_main",
+           "shutdown", "world"]
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +68,18 @@ def agree(error: str | None) -> None:
         if error is not None:
             raise PrivatenetError(error)
         return
-    box = [error]
+    error = from_main(error)
+    if error is not None:
+        raise PrivatenetError(error)
+
+
+def from_main(value):
+    """Rank 0's ``value`` (a plain picklable value) in every process; ``value`` alone."""
+    if world()[1] == 1:
+        return value
+    box = [value]
     dist.broadcast_object_list(box, src=0)
-    if box[0] is not None:
-        raise PrivatenetError(box[0])
+    return box[0]
 
 
 def all_sum(values: torch.Tensor) -> torch.Tensor:

@@ -133,8 +133,11 @@ def predict_features(head: nn.Module, features: torch.Tensor, *, batch_size: int
 def _run_epochs(*, n: int, step: Callable[[torch.Tensor, torch.Generator], dict],
                 modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
                 config: TrainConfig, signature: dict, run_dir: Path | None, resume: bool,
-                callbacks: Callbacks | None) -> list[dict]:
-    """Epochs of shuffled mini-batches; checkpoint + metrics after each epoch; resume."""
+                callbacks: Callbacks | None, shard: bool = False) -> list[dict]:
+    """Epochs of shuffled mini-batches; checkpoint + metrics after each epoch; resume.
+
+    ``shard``: the batches are shared among the torchrun processes (``fit``); otherwise this
+    process trains alone on every row (``fit_adversary``, which rank 0 may run by itself)."""
     callbacks = callbacks or Callbacks()
     history: list[dict] = []
     first = 0
@@ -152,7 +155,7 @@ def _run_epochs(*, n: int, step: Callable[[torch.Tensor, torch.Generator], dict]
             load_optimizer_state(f"optim.{name}", o, tensors, meta["optimizers"][name])
         first, history = meta["epoch"] + 1, meta["history"]
         log.info("resuming %s at epoch %d", run_dir, first + 1)
-    rank, world = distributed.world()
+    rank, world = distributed.world() if shard else (0, 1)
     steps = max(1, -(-n // config.batch_size))
     for epoch in range(first, config.epochs):
         lr = config.lr * config.lr_decay ** epoch
@@ -397,7 +400,7 @@ def fit(*, model: nn.Module, train: Split, target: str, config: TrainConfig | No
         return _run_epochs(n=len(train), step=step, modules=modules, optimizers=optimizers,
                            config=config, signature=signature,
                            run_dir=Path(run_dir) if run_dir is not None else None,
-                           resume=resume, callbacks=callbacks)
+                           resume=resume, callbacks=callbacks, shard=True)
     finally:
         # Whoever uses the trained network next expects the usual layout.
         model.to(memory_format=torch.contiguous_format)
