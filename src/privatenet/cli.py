@@ -732,7 +732,6 @@ def _run_protocol(config, out: str) -> int:
     """Run ``reproduce`` with stage lines and progress bars, then print the tables."""
     from privatenet.app.protocol import reproduce
     from privatenet.app.report import tables_markdown
-
     from privatenet.train import distributed
 
     main = distributed.is_main()  # under torchrun, rank 0 alone reports

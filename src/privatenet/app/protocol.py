@@ -46,6 +46,7 @@ from privatenet.metrics import robustness
 from privatenet.models import default_adversary, require_tap
 from privatenet.models.registry import check_model_name, model_options
 from privatenet.regularizer import check_update
+from privatenet.train import distributed
 from privatenet.train.checkpoint import read_json, write_json, write_yaml
 from privatenet.train.config import (
     TrainConfig,
@@ -54,7 +55,6 @@ from privatenet.train.config import (
     resolve_precision,
 )
 from privatenet.train.loop import Callbacks
-from privatenet.train import distributed
 from privatenet.train.rundir import open_run, open_shared_run
 
 log = logging.getLogger(__name__)
