@@ -473,11 +473,12 @@ def _measure(model: str, size: int, bs: int, dev: torch.device, steps: int, warm
     }
 
 
-def _speedup(ips: dict[str, float], pairs: list[tuple[str, str]]) -> float | None:
-    """Training speed of the first measured pair ``(with, without)``, as a ratio."""
+def _speedup(ips: dict[str, float], pairs: list[tuple[str, str]]
+             ) -> tuple[float, str, str] | None:
+    """Training speed of the first measured pair ``(with, without)``: the ratio and the pair."""
     for a, b in pairs:
         if a in ips and b in ips:
-            return ips[a] / ips[b]
+            return ips[a] / ips[b], a, b
     return None
 
 
@@ -485,15 +486,17 @@ def _recommend(ips: dict[str, float], env: dict, model: str, size: int, bs: int,
                dev: torch.device) -> dict:
     # each option against the same variant without it: bf16 against fp32 (or channels_last
     # bf16 against channels_last fp32), channels_last likewise
-    bf16 = _speedup(ips, [("bf16", "fp32"), ("channels_last+bf16", "channels_last")])
-    cl = _speedup(ips, [("channels_last", "fp32"), ("channels_last+bf16", "bf16")])
+    bf16_pair = _speedup(ips, [("bf16", "fp32"), ("channels_last+bf16", "channels_last")])
+    cl_pair = _speedup(ips, [("channels_last", "fp32"), ("channels_last+bf16", "bf16")])
+    bf16, cl = (None if p is None else p[0] for p in (bf16_pair, cl_pair))
     fastest = max(ips, key=ips.__getitem__)
     parts = [f"for training {model} at {size}x{size}, batch {bs} on {dev}: fastest is "
              f"{fastest} ({VARIANTS[fastest]})"]
-    for name, s in (("bf16 autocast", bf16), ("channels_last", cl)):
-        if s is not None:
-            verdict = "pays" if s > PAYS else "does not pay"
-            parts.append(f"{name} {verdict} ({s:.2f}x the training speed without it)")
+    for name, pair in (("bf16 autocast", bf16_pair), ("channels_last", cl_pair)):
+        if pair is not None:
+            ratio, a, b = pair
+            verdict = "pays" if ratio > PAYS else "does not pay"
+            parts.append(f"{name} {verdict} ({a} at {ratio:.2f}x the training speed of {b})")
     emulated = dev.type == "cpu" and not env["bf16_native"] and any("bf16" in k for k in ips)
     rec = {
         "fastest": fastest,
