@@ -326,9 +326,10 @@ def plan(*, config: ProtocolConfig, out: str | Path, measure_steps: int = 3) -> 
                     compile=config.train.compile)
     ips = speed["variants"][0]["train_images_per_s"]
     # A stage met again (the sweep reuses Table 2's networks) is cached by then: list it once.
-    seen: set[str] = set()
-    found["stages"] = [st for st in found["stages"]
-                       if not (st["folder"] in seen or seen.add(st["folder"]))]
+    unique: dict[str, dict] = {}
+    for st in found["stages"]:
+        unique.setdefault(st["folder"], st)
+    found["stages"] = list(unique.values())
     for st in found["stages"]:
         st["projected_seconds"] = (st["train_passes"]
                                    + st["forward_passes"] * FORWARD_SHARE) / ips

@@ -87,6 +87,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 #: Settings that change speed and, by rounding only, the numbers (left out of keys at defaults).
 SPEED_SETTINGS = ("precision", "memory_format", "compile")
+
 #: The largest seed every generator accepts (NumPy's legacy seeding takes [0, 2**32 - 1]).
 MAX_SEED = 2**32 - 1
 

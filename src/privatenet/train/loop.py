@@ -322,6 +322,11 @@ def fit(*, model: nn.Module, train: Split, target: str, config: TrainConfig | No
     term) and, where adversaries are trained, ``adv_loss``; with several attributes also
     ``priv_loss/<attribute>`` and ``adv_loss/<attribute>``.
 
+    Speed: ``config.precision`` (bf16 autocast), ``memory_format`` (channels_last) and
+    ``compile`` (torch.compile of the forward pass), each ``auto`` by device type
+    (docs/design.md §4.4). Under torchrun the model is wrapped in DistributedDataParallel and the
+    batches are shared among the processes (module docstring).
+
     Returns the per-epoch metrics history; with ``run_dir``, a checkpoint and ``metrics.jsonl``
     are written after every epoch and ``resume=True`` continues from the last one.
     """
