@@ -264,12 +264,17 @@ class _Stages:
             if passes[0] or distributed.world()[1] == 1:
                 result = job(folder)
             else:  # under torchrun: rank 0 alone, the others wait and read what it wrote
-                error = None
+                error, failure = None, None
                 if distributed.is_main():
                     try:
                         result = job(folder)
                     except PrivatenetError as e:
                         error = str(e)
+                    except Exception as e:  # a crash: the others must not wait for ever
+                        error, failure = f"rank 0 stopped in stage {name}: {e}", e
+                if failure is not None:
+                    distributed.from_main(error)  # the others raise it; rank 0 its own
+                    raise failure
                 distributed.agree(error)
                 if not distributed.is_main():
                     result = read_json(folder / "results.json")
