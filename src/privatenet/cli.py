@@ -77,13 +77,15 @@ def _optim_args(p: argparse.ArgumentParser, *, epochs: int, batch_size: int) -> 
 def _speed_args(g) -> None:
     """The fast-path options of training; unset options keep the library's (or a preset's)
     value."""
-    g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+    from privatenet.train.config import MEMORY_FORMATS, PRECISIONS
+
+    g.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="training precision: auto (default) is bf16 autocast on CUDA and fp32 "
                         "on CPU; bf16 on a CPU pays only with native bf16 ('privatenet bench' "
                         "measures it)")
-    g.add_argument("--memory-format", choices=("auto", "contiguous", "channels_last"),
-                   default=None, help="layout of images and convolution weights: auto "
-                                      "(default) is channels_last on CUDA, contiguous on CPU")
+    g.add_argument("--memory-format", choices=MEMORY_FORMATS, default=None,
+                   help="layout of images and convolution weights: auto (default) is "
+                        "channels_last on CUDA, contiguous on CPU")
     g.add_argument("--compile", action="store_true", default=None,
                    help="compile the training forward pass with torch.compile (slow to start; "
                         "pays on long runs)")
