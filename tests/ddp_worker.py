@@ -12,7 +12,7 @@ from privatenet.train import distributed
 from privatenet.train.loop import fit
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import make_split  # noqa: E402
+from data_helpers import make_split  # noqa: E402
 
 SETTINGS = dict(epochs=3, batch_size=16, lr=1e-3, seed=7, device="cpu", augment=False)
 

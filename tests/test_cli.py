@@ -18,7 +18,7 @@ def _snapshot(folder):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A finished tiny train run (small_cnn on a manifest) shared by the tests below."""
-    from conftest import write_manifest
+    from data_helpers import write_manifest
 
     root = tmp_path_factory.mktemp("cli")
     csv = write_manifest(root / "data")

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from data_helpers import make_split
+from ddp_worker import SETTINGS
 
 from privatenet.cli import main
 from privatenet.models import create_model
 from privatenet.train.loop import fit
-from tests.conftest import make_split
-from tests.ddp_worker import SETTINGS
 
 HERE = Path(__file__).parent
 
@@ -25,6 +25,7 @@ def _torchrun(*args, cwd) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=240)
 
 
+@pytest.mark.distributed
 def test_two_processes_end_with_identical_weights_close_to_one_process(tmp_path):
     done = _torchrun(str(HERE / "ddp_worker.py"), str(tmp_path), cwd=HERE)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -43,6 +44,7 @@ def test_two_processes_end_with_identical_weights_close_to_one_process(tmp_path)
     assert shared[-1]["train_acc"] > 0.9
 
 
+@pytest.mark.distributed
 def test_train_command_under_torchrun_writes_once_and_resumes(tmp_path):
     out = tmp_path / "run"
     cmd = ["-m", "privatenet", "train", "--data", "synthfaces:n=120,size=32", "--model",
@@ -63,6 +65,7 @@ def test_train_command_under_torchrun_writes_once_and_resumes(tmp_path):
     assert "holds a finished train run" in refused.stderr
 
 
+@pytest.mark.distributed
 def test_reproduce_under_torchrun_trains_in_both_processes_and_caches(tmp_path):
     out = tmp_path / "rep"
     cmd = ["-m", "privatenet", "reproduce", "--preset", "smoke", "--data",
@@ -80,6 +83,7 @@ def test_reproduce_under_torchrun_trains_in_both_processes_and_caches(tmp_path):
     assert "[run]" not in again.stderr and "[cached] original" in again.stderr
 
 
+@pytest.mark.distributed
 def test_a_refusal_in_a_rank_0_stage_stops_every_process(tmp_path):
     # 120 faces leave an age class with one train row: rank 0's audit stage refuses it while
     # rank 1 waits for that stage; both must stop with rank 0's one-line error, not hang.

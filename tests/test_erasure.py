@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import make_split
+from data_helpers import make_split
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 

@@ -157,7 +157,7 @@ def _save_run(folder, net, *, data: str, classes=("angry", "happy", "sad"), size
 def exported(tmp_path_factory):
     """An arm_small run (48 px, trained buffers) exported at ``backbone`` through the CLI: the
     ARM block, with its running affinity estimate, is in the trusted part."""
-    from conftest import write_manifest
+    from data_helpers import write_manifest
 
     root = tmp_path_factory.mktemp("export")
     csv = write_manifest(root / "data", n_train=6, n_test=6, size=48)

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from data_helpers import make_split
 
 from privatenet.data.base import Split
 from privatenet.errors import PrivatenetError
@@ -9,7 +10,6 @@ from privatenet.models.taps import tap_shapes
 from privatenet.regularizer import PrivacyRegularizer
 from privatenet.train.config import TrainConfig
 from privatenet.train.loop import Callbacks, extract, fit, fit_adversary
-from tests.conftest import make_split
 
 CFG = dict(epochs=3, batch_size=16, lr=1e-3, seed=7, device="cpu")
 
