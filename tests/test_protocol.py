@@ -141,3 +141,61 @@ def test_resolve_config_checks_values():
     with pytest.raises(PrivatenetError, match="adversary_epochs"):
         resolve_config("smoke", {"adversary_epochs": 0})
     assert paper.private == ["gender", "age"] and paper.taps is None  # all: backbone, arm
+
+
+def test_resolve_config_refuses_empty_or_repeated_lists_bad_taps_and_seed_counts():
+    from privatenet.audit import check_audit_settings
+
+    for key, value, needle in (
+            ("lambdas", [], "lambdas list is empty"), ("taps", [], "taps list is empty"),
+            ("losses", [], "losses list is empty"), ("private", [], "private list is empty"),
+            ("lambdas", [0.5, 0.5], "twice"), ("taps", ["pool", "pool"], "twice"),
+            ("private", ["age", "age"], "twice"), ("losses", ["leace", "leace"], "twice"),
+            ("lambdas", [0.0, float("nan")], "lambdas list holds nan"),
+            ("taps", ["arm"], "no tap 'arm'; valid taps: backbone, pool"),  # small_cnn's
+            ("seeds", 101, "1..100"), ("seeds", 0, "1..100")):
+        with pytest.raises(PrivatenetError, match=needle):
+            resolve_config("smoke", {key: value})
+    with pytest.raises(PrivatenetError, match="reaches seed 4294967296"):
+        resolve_config("smoke", {"seed": 2**32 - 1, "seeds": 2})
+    with pytest.raises(PrivatenetError, match="1..100"):
+        check_audit_settings(zoo="quick", seeds=10**9)
+
+
+def test_reproduce_checks_splits_and_columns_before_its_folder_exists(tmp_path, make_manifest):
+    out = tmp_path / "r"
+    no_test = make_manifest(tmp_path / "a", n_train=12, splits=("train", "train"))
+    no_train = make_manifest(tmp_path / "b", n_test=12, splits=("test", "test"))
+    for csv, overrides, needle in (
+            (no_test, {}, "faces.csv' has no 'test' split .it has: train."),
+            (no_train, {}, "faces.csv' has no 'train' split .it has: test."),
+            (no_train, {"private": ["race"]}, "no label column 'race'")):
+        config = resolve_config("smoke", {"data": f"manifest:{csv}", "device": "cpu",
+                                          **overrides})
+        with pytest.raises(PrivatenetError, match=needle):
+            reproduce(config=config, out=out)
+        with pytest.raises(PrivatenetError, match=needle):
+            plan(config=config, out=out)
+        assert not out.exists()
+
+
+def test_a_dry_run_reads_an_image_cache_but_never_writes_one(tmp_path, make_manifest,
+                                                              monkeypatch):
+    from privatenet.data import cache as image_cache
+
+    csv = make_manifest(tmp_path / "d")
+    cache, out = tmp_path / "cache", tmp_path / "r"
+    config = resolve_config("smoke", {"data": f"manifest:{csv}", "cache_dir": str(cache),
+                                      "device": "cpu"})
+    assert plan(config=config, out=out, measure_steps=1)["stages"]
+    assert not cache.exists() and not out.exists()
+    load_dataset(f"manifest:{csv}", cache_dir=cache)  # a real run writes it
+    written = {p: p.read_bytes() for p in cache.iterdir()}
+    assert len(written) == 1
+
+    def no_decoding(*args):
+        raise AssertionError("decoded although the cache holds the images")
+
+    monkeypatch.setattr(image_cache, "_decode_all", no_decoding)
+    plan(config=config, out=out, measure_steps=1)  # reads the cache
+    assert {p: p.read_bytes() for p in cache.iterdir()} == written and not out.exists()

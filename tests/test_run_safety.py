@@ -16,7 +16,7 @@ def _snapshot(folder):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from conftest import write_manifest
+    from data_helpers import write_manifest
 
     root = tmp_path_factory.mktemp("safety")
     csv = write_manifest(root / "a", seed=0)
@@ -165,7 +165,7 @@ def test_a_corrupt_cached_stage_says_how_to_recompute_it(data, tmp_path, capsys)
 
 def test_attack_finds_a_relative_manifest_of_the_run_from_another_folder(tmp_path, monkeypatch,
                                                                          capsys):
-    from conftest import write_manifest
+    from data_helpers import write_manifest
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -176,3 +176,81 @@ def test_attack_finds_a_relative_manifest_of_the_run_from_another_folder(tmp_pat
     assert main(["attack", "--run", "../a/run", "--tap", "pool", "--private", "gender",
                  *FAST[2:], "--out", "atk"]) == 0
     assert "normalised leakage" in capsys.readouterr().out
+
+
+def _reproduce(csv, out, *more):
+    return ["reproduce", "--preset", "smoke", "--data", f"manifest:{csv}", "--device", "cpu",
+            *more, "--out", str(out)]
+
+
+def test_a_data_set_without_the_train_split_is_one_line_and_leaves_no_folder(
+        make_manifest, tmp_path, capsys):
+    csv = make_manifest(tmp_path / "d", n_train=6, n_test=6, splits=("test", "test"))
+    out = tmp_path / "r"
+    for argv in (_reproduce(csv, out), _reproduce(csv, out, "--dry-run"),
+                 ["train", "--data", f"manifest:{csv}", *FAST, "--out", str(out)]):
+        _fails(capsys, argv, "faces.csv", "no 'train' split", "it has: test")
+        assert not out.exists()
+
+
+def test_reproduce_refuses_bad_lists_taps_and_columns_before_its_folder_exists(data, tmp_path,
+                                                                               capsys):
+    csv, _ = data
+    out = tmp_path / "r"
+    for option, value, needle in (
+            ("--lambdas", "0,1.5", "lambdas list holds 1.5"), ("--lambdas", ",", "empty"),
+            ("--taps", ",", "empty"), ("--private", ",", "empty"), ("--losses", ",", "empty"),
+            ("--lambdas", "0,0.0", "twice"), ("--taps", "pool,pool", "twice"),
+            ("--private", "age,age", "twice"), ("--losses", "leace,leace", "twice"),
+            ("--taps", "arm", "no tap 'arm'"), ("--private", "race", "'race'"),
+            ("--target", "mood", "'mood'")):
+        _fails(capsys, _reproduce(csv, out, option, value), needle)
+        assert not out.exists()
+
+
+def test_seed_counts_are_bounded_and_checked_before_anything_runs(data, finished, tmp_path,
+                                                                  capsys):
+    csv, _ = data
+    out = tmp_path / "r"
+    _fails(capsys, _reproduce(csv, out, "--seeds", "101", "--dry-run"), "--seeds 101", "1..100")
+    _fails(capsys, _reproduce(csv, out, "--seeds", "1000000", "--dry-run"), "1..100")
+    _fails(capsys, ["audit", "--run", str(finished), "--tap", "pool", "--private", "gender",
+                    "--seeds", "1000000000", "--out", str(out)], "--seeds 1000000000", "1..100")
+    assert not out.exists()
+
+
+def test_a_cache_dir_in_or_around_a_run_folder_is_refused_up_front(data, finished, tmp_path,
+                                                                   capsys):
+    csv, _ = data
+    out = tmp_path / "r"
+    fix = "~/.cache/privatenet"
+    for cache, needle in ((out, "is the output folder"), (out / "c", "inside the output"),
+                          (tmp_path, "contains the output folder")):
+        _fails(capsys, _reproduce(csv, out, "--cache-dir", str(cache)), "--cache-dir", needle,
+               fix)
+        assert not out.exists()
+    before = _snapshot(finished)
+    inside = finished / "cache"
+    audit = ["audit", "--run", str(finished), "--tap", "pool", "--private", "gender"]
+    for argv, needle in (
+            ([*audit, "--cache-dir", str(out), "--out", str(out)], "is the output folder"),
+            ([*audit, "--cache-dir", str(inside), "--out", str(out)], "run folder"),
+            (["train", "--data", f"manifest:{csv}", *FAST, "--cache-dir", str(inside),
+              "--out", str(out)], "run folder"),
+            (["train", "--data", f"manifest:{csv}", *FAST, "--cache-dir", str(out),
+              "--out", str(out)], "is the output folder"),
+            (["attack", "--run", str(finished), "--tap", "pool", "--private", "gender",
+              *FAST[2:], "--data", f"manifest:{csv}", "--cache-dir", str(out / "c"),
+              "--out", str(out)], "inside the output"),
+            (["import-checkpoint", str(tmp_path / "none.pth"), "--data", f"manifest:{csv}",
+              "--cache-dir", str(out), "--out", str(out)], "is the output folder"),
+            (["attack", "--run", str(finished), "--tap", "pool", "--private", "gender",
+              *FAST[2:], "--data", f"manifest:{csv}", "--cache-dir", str(finished),
+              "--out", str(out)], "run folder"),
+            (["import-checkpoint", str(tmp_path / "none.pth"), "--data", f"manifest:{csv}",
+              "--cache-dir", str(inside), "--out", str(out)], "run folder"),
+            (["export", "--run", str(finished), "--tap", "pool", "--data", f"manifest:{csv}",
+              "--cache-dir", str(inside), "--out", str(out)], "run folder")):
+        _fails(capsys, argv, "--cache-dir", needle, fix)
+        assert not out.exists()
+    assert _snapshot(finished) == before

@@ -306,12 +306,14 @@ def online_codelength(features, labels, *, num_classes: int, seed: int = 0,
 
 
 def check_audit_settings(*, zoo: str, seeds: int, val_fraction: float = 0.2) -> None:
-    """One-line errors for an unknown zoo, a seed count below 1 or a validation fraction
-    outside [0.05, 0.5] (callers check before they write anything)."""
+    """One-line errors for an unknown zoo, a seed count outside 1..``MAX_SEEDS``
+    (:func:`~privatenet.train.config.check_seeds`) or a validation fraction outside
+    [0.05, 0.5] (callers check before they write anything)."""
+    from privatenet.train.config import check_seeds
+
     if zoo not in ZOOS:
         raise PrivatenetError(f"zoo={zoo!r} is unknown; use one of {', '.join(ZOOS)}")
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise PrivatenetError(f"seeds={seeds!r} is invalid; give an integer >= 1")
+    check_seeds(seeds)
     if not 0.05 <= val_fraction <= 0.5:
         raise PrivatenetError(f"val_fraction={val_fraction!r} is outside [0.05, 0.5]")
 

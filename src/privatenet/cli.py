@@ -151,16 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--private", default=None,
                    help="private attribute column, e.g. gender, or a comma list (gender,age): "
                         "one privacy term each")
-    g.add_argument("--lam", type=float, default=0.5,
+    g.add_argument("--lam", type=float, default=None,
                    help="privacy weight lambda in [0, 1] (Eq. 8; default 0.5)")
     g.add_argument("--adversary", default=None,
                    help="folder of a finished 'privatenet attack' run on the starting network: "
                         "the known adversary (a comma list: one per private attribute); "
                         "needed by confusion and adversarial, a member of ensemble, scored "
                         "only by hsic and leace")
-    g.add_argument("--adversary-update", choices=ADVERSARY_UPDATES, default="fixed",
-                   help="fixed: the known adversary is held fixed (the paper); alternating: "
-                        "it is updated each step (min-max)")
+    g.add_argument("--adversary-update", choices=ADVERSARY_UPDATES, default=None,
+                   help="fixed (default): the known adversary is held fixed (the paper); "
+                        "alternating: it is updated each step (min-max)")
     _optim_args(p, epochs=10, batch_size=64)
     _speed_args(p.add_argument_group("speed (docs/design.md §4.4)"))
     _out_args(p)
@@ -196,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the model's adversary head for this tap retrained and a deeper conv "
                         "head on maps (epochs chosen on the validation part)")
     g.add_argument("--seeds", type=int, default=1,
-                   help="seeds of the validation split and the attackers (mean and std)")
+                   help="seeds of the validation split and the attackers (mean and std; "
+                        "1..100)")
     _data_args(p, required=False)
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="seed of the random-network control")
@@ -246,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the paper: ImageNet, resnet18-f37072fd.pth); part of the stage keys")
     g.add_argument("--seeds", type=int, default=None,
                    help="repeat Tables 1-2 and the sweep for seeds seed..seed+N-1 and report "
-                        "mean and std (default 1)")
+                        "mean and std (default 1, at most 100)")
     g.add_argument("--audit-zoo", choices=("quick", "full", "none"), default=None,
                    help="attacker zoo of the audit column in Tables 1-2 (default quick; none "
                         "leaves the column out)")
@@ -518,8 +519,9 @@ def _fmt_leakage(title: str, r: dict) -> str:
 
 def cmd_train(args) -> int:
     from privatenet.app.jobs import train_job
-    from privatenet.data import load_dataset
+    from privatenet.losses import check_lam
 
+    # Every option is checked here, before a single image is decoded.
     privacy = None
     given = {k: getattr(args, k) for k in ("loss", "tap", "private")}
     if args.adversary is not None or any(v is not None for v in given.values()):
@@ -529,10 +531,17 @@ def cmd_train(args) -> int:
                                   "(or none of --loss/--tap/--private/--adversary)")
         private = _split_list(args.private)
         adversary = _split_list(args.adversary) if args.adversary else [None] * len(private)
-        privacy = dict(given, private=private, adversary=adversary, lam=args.lam,
-                       update=args.adversary_update)
+        privacy = dict(given, private=private, adversary=adversary,
+                       lam=check_lam(0.5 if args.lam is None else args.lam),
+                       update=args.adversary_update or "fixed")
+    else:
+        stray = [f for f, v in (("--lam", args.lam), ("--adversary-update",
+                                                      args.adversary_update)) if v is not None]
+        if stray:  # silently training without privacy would be worse than refusing
+            raise PrivatenetError(f"{' and '.join(stray)}: only for privacy training; add "
+                                  "--loss, --tap and --private, or leave them out")
     config = _train_config(args)
-    data = load_dataset(args.data, image_size=args.image_size, cache_dir=args.cache_dir)
+    data = _load_data(args, args.data, image_size=args.image_size)
     weights = {"backbone_weights": args.backbone_weights} if args.backbone_weights else {}
     res = train_job(data=data, out=args.out, model=args.model, target=args.target,
                     config=config, init_from=args.init_from, privacy=privacy,
@@ -553,12 +562,21 @@ def _data_of_run(args):
     """``--data`` and ``--image-size``, by default those the network of ``--run`` was trained
     on (its spec is stored with absolute paths)."""
     from privatenet.app.jobs import model_meta
-    from privatenet.data import load_dataset
 
     meta = model_meta(args.run)
-    return load_dataset(args.data or meta["data"],
-                        image_size=args.image_size or meta.get("image_size"),
-                        cache_dir=args.cache_dir)
+    return _load_data(args, args.data or meta["data"],
+                      image_size=args.image_size or meta.get("image_size"))
+
+
+def _load_data(args, spec: str, *, image_size: int | None):
+    """The data set of a command that writes a run folder to ``--out``: ``--cache-dir`` is
+    checked against that folder first (a cache inside it would fill it before the run claims
+    it), then the images are decoded (or read from the cache)."""
+    from privatenet.data import load_dataset
+    from privatenet.data.cache import check_cache_dir
+
+    check_cache_dir(args.cache_dir, out=args.out)
+    return load_dataset(spec, image_size=image_size, cache_dir=args.cache_dir)
 
 
 def cmd_attack(args) -> int:
@@ -577,9 +595,12 @@ def cmd_attack(args) -> int:
 def cmd_audit(args) -> int:
     from privatenet.app.jobs import audit_job
     from privatenet.app.report import audit_markdown
+    from privatenet.audit import check_audit_settings
     from privatenet.train.config import TrainConfig
 
-    config = TrainConfig(seed=args.seed, device=args.device)  # checked before the data loads
+    # Checked before the data loads.
+    config = TrainConfig(seed=args.seed, device=args.device)
+    check_audit_settings(zoo=args.zoo, seeds=args.seeds)
     data = _data_of_run(args)
 
     def on_attacker(what: str, name: str) -> None:
@@ -595,12 +616,11 @@ def cmd_audit(args) -> int:
 
 def cmd_import_checkpoint(args) -> int:
     from privatenet.app.jobs import import_public_job
-    from privatenet.data import load_dataset
     from privatenet.train.config import TrainConfig
 
-    data = load_dataset(args.data, image_size=args.image_size, cache_dir=args.cache_dir)
-    res = import_public_job(checkpoint=args.checkpoint, data=data, out=args.out,
-                            config=TrainConfig(device=args.device),
+    config = TrainConfig(device=args.device)  # checked before the data loads
+    data = _load_data(args, args.data, image_size=args.image_size)
+    res = import_public_job(checkpoint=args.checkpoint, data=data, out=args.out, config=config,
                             calibrate=not args.no_calibrate)
     u = res["utility"]
     print(f"emotion on the test split: accuracy {u['accuracy']:.4f}, balanced accuracy "
@@ -836,7 +856,8 @@ def to_flags(message: str, parser: argparse.ArgumentParser) -> str:
     ``resume=True`` becomes ``--resume`` (``resume=False``: ``no --resume``), and a bare
     parameter name with an underscore (``batch_size``) becomes its flag. Bare names without an
     underscore (``data``, ``seed``) are ordinary words and are left alone, and so is anything
-    inside quotes (a data spec such as ``"synthfaces:n=600,seed=0"`` is a value, not options).
+    inside quotes or inside a data spec (``synthfaces:n=600,seed=0`` holds the spec's own
+    options, not the command's: a name after ``:`` or ``,`` is never rewritten).
     """
     flags = {}
     for dest, action in _options(parser).items():
@@ -846,7 +867,7 @@ def to_flags(message: str, parser: argparse.ArgumentParser) -> str:
     if not flags:
         return message
     names = "|".join(re.escape(d) for d in sorted(flags, key=len, reverse=True))
-    pattern = re.compile(rf"""(?P<quoted>"[^"]*"|'[^']*')|(?<![\w./\\-])(?P<dest>{names})"""
+    pattern = re.compile(rf"""(?P<quoted>"[^"]*"|'[^']*')|(?<![\w./\\:,-])(?P<dest>{names})"""
                          rf"(?:=(?P<value>{_VALUE}))?(?![\w/\\-])(?!\.\w)")
 
     def replace(m: re.Match) -> str:
@@ -869,6 +890,26 @@ def _os_message(e: OSError) -> str:
     return f"{e.filename}: {reason}" if e.filename is not None else reason
 
 
+def _torch_failure(e: RuntimeError) -> str | None:
+    """One line with the fix for the failures of torch that a user causes and can mend (memory
+    exhausted by a large batch or image size, torch.compile without a working toolchain);
+    ``None`` for any other error, which stays a traceback (a bug to report)."""
+    import torch
+
+    text = str(e).strip()
+    first = " ".join(text.splitlines()[0].split())[:200] if text else type(e).__name__
+    if isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in text or (
+            "out of memory" in text.lower()):
+        return (f"out of memory ({first}); lower --batch-size (or --image-size), or use a "
+                "device with more memory")
+    dynamo = getattr(torch, "_dynamo", None)
+    failed = getattr(getattr(dynamo, "exc", None), "BackendCompilerFailed", ())
+    if failed and isinstance(e, failed):
+        return (f"torch.compile failed ({first}); leave out --compile, or install the "
+                "compiler toolchain it names (apt-get install g++)")
+    return None
+
+
 def _fail(message: str) -> int:
     print(f"privatenet: error: {message}", file=sys.stderr)
     return 2
@@ -885,10 +926,16 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # Other packages' Python warnings (torch, Pillow) go to the log, shown with -v only: an
+    # error is one line, not one line among warnings. Our own warnings are logged, not warned.
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.INFO if args.verbose else logging.ERROR)
     from privatenet.train import distributed
 
+    rank = 0  # the launcher's rank, known before any process group exists
     try:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        rank, _, size = distributed.launched()
+        if size > 1:
             if args.command not in DISTRIBUTED_COMMANDS:
                 raise PrivatenetError(f"'{args.command}' runs in one process; start it without "
                                       "torchrun (under torchrun: "
@@ -898,9 +945,16 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the process's life)
         return COMMANDS[args.command](args)
     except PrivatenetError as e:
-        if not distributed.is_main():
+        if rank != 0 or not distributed.is_main():  # rank 0 alone reports
             return 2
         return _fail(to_flags(str(e), _subparsers(parser)[args.command]))
+    except RuntimeError as e:  # torch's: out of memory, a failed torch.compile
+        message = _torch_failure(e)
+        if message is None:
+            raise
+        hint = INTERRUPT_HINTS.get(args.command)
+        message += f"; {hint}" if hint else ""
+        return 2 if rank != 0 else _fail(message)
     except BrokenPipeError:
         # The reader went away (`privatenet data-info ... | head`): not an error. Point stdout
         # at /dev/null so that the interpreter's final flush does not fail again.

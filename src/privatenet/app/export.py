@@ -92,11 +92,14 @@ def export_job(*, model_run: str | Path, tap: str, out: str | Path,
     refused. Returns the content of ``export.json``.
     """
     from privatenet.app.jobs import _model_stem, load_model
+    from privatenet.data.cache import check_cache_dir
     from privatenet.export import EXPORT_FILES, OPSET, check_split, export_split, require_deploy
     from privatenet.train.checkpoint import checkpoint_digest, write_json, write_yaml
     from privatenet.train.rundir import open_disposable_run
 
     count = _check_count(check_images)
+    # Refused here, not where the run's own data falls back to random images on an error.
+    check_cache_dir(cache_dir, out=out)
     net, meta = load_model(model_run)
     check_split(net, tap=tap)
     require_deploy()

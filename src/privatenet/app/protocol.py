@@ -38,24 +38,26 @@ from privatenet.app.jobs import (
 from privatenet.app.latency import PRECISIONS, latency_ms
 from privatenet.audit import check_audit_settings
 from privatenet.data import load_dataset
-from privatenet.data.base import MISSING
+from privatenet.data.base import MISSING, Dataset
+from privatenet.data.cache import check_cache_dir
 from privatenet.data.spec import DataSpec, check_image_size, parse_spec
 from privatenet.errors import PrivatenetError
 from privatenet.losses import PAPER_LOSSES, check_lam, check_loss
 from privatenet.metrics import robustness
 from privatenet.models import default_adversary, require_tap
-from privatenet.models.registry import check_model_name, model_options
+from privatenet.models.registry import check_model_name, model_options, model_taps
 from privatenet.regularizer import check_update
 from privatenet.train import distributed
 from privatenet.train.checkpoint import read_json, write_json, write_yaml
 from privatenet.train.config import (
     TrainConfig,
+    check_seeds,
     resolve_device,
     resolve_memory_format,
     resolve_precision,
 )
 from privatenet.train.loop import Callbacks
-from privatenet.train.rundir import open_run, open_shared_run
+from privatenet.train.rundir import check_run_folder, open_run, open_shared_run
 
 log = logging.getLogger(__name__)
 
@@ -101,28 +103,40 @@ class ProtocolConfig:
         self.data = parse_spec(self.data)
         if isinstance(self.train, dict):
             self.train = TrainConfig(**self.train)
+        for name, example in (("private", "gender, age"), ("taps", "backbone, arm"),
+                              ("losses", "confusion, adversarial"), ("lambdas", "0, 0.5, 1")):
+            _check_list(self, name, example)
         for loss in self.losses:
             check_defence(loss)
         check_loss(self.sweep_loss)
         check_update(self.adversarial_update)
         if self.init not in ("original", "scratch"):
             raise PrivatenetError(f"init={self.init!r} is unknown; use original or scratch")
-        for lam in [self.lam, *self.lambdas]:
-            check_lam(lam)
-        if not self.private:
-            raise PrivatenetError("give at least one private attribute, e.g. "
-                                  "private=['gender', 'age']")
+        check_lam(self.lam)
+        for lam in self.lambdas:
+            try:
+                check_lam(lam)
+            except PrivatenetError:
+                raise PrivatenetError(f"the lambdas list holds {lam!r}, outside [0, 1]; give "
+                                      "each lambda in [0, 1]") from None
         if self.target in self.private:
             raise PrivatenetError(f"the private attributes include the task target "
                                   f"{self.target!r}; protect other columns than the task")
         check_image_size(self.image_size)
         check_model_name(self.model)
+        # The model's taps need no data: a bad tap is refused before anything is decoded.
+        valid = model_taps(self.model)
+        for tap in self.taps or ():
+            if tap not in valid:
+                raise PrivatenetError(f"model {self.model!r} has no tap {tap!r}; valid taps: "
+                                      f"{', '.join(valid)}")
+        _sweep_of(self, list(self.taps or valid))
         self.stage_config(self.adversary_epochs)  # the same checks as the task's epochs
         self.stage_config(self.privacy_epochs)
-        for name, low in (("latency_repeats", 2), ("seeds", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise PrivatenetError(f"{name}={value!r} is invalid; give an integer >= {low}")
+        value = self.latency_repeats
+        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+            raise PrivatenetError(f"latency_repeats={value!r} is invalid; give an integer >= 2")
+        check_seeds(self.seeds, first=self.train.seed)
         if self.latency_precision not in PRECISIONS:
             raise PrivatenetError(f"latency_precision={self.latency_precision!r} is unknown; "
                                   f"use one of {', '.join(PRECISIONS)}")
@@ -152,6 +166,35 @@ class ProtocolConfig:
     def to_dict(self) -> dict:
         """Plain values (for ``config.yaml`` and ``results.json``)."""
         return asdict(self) | {"data": str(self.data)}
+
+
+def _check_list(config: ProtocolConfig, name: str, example: str) -> None:
+    """Refuse a list setting that is not a list, is empty or repeats a value (``None``, where
+    allowed, means the default); store it as a list."""
+    values = getattr(config, name)
+    if values is None and name == "taps":
+        return
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
+        raise PrivatenetError(f"{name}={values!r} is not a list; give a list such as {example}")
+    if not values:
+        raise PrivatenetError(f"the {name} list is empty; give at least one value, such as "
+                              f"{example}")
+    seen = []
+    for v in values:
+        if v in seen:
+            raise PrivatenetError(f"the {name} list gives {v!r} twice; give each value once")
+        seen.append(v)
+    setattr(config, name, list(values))
+
+
+def _sweep_of(config: ProtocolConfig, taps: list[str]) -> tuple[str, str]:
+    """The lambda sweep's tap and attribute, checked against ``taps`` and ``private``."""
+    sweep_tap = config.sweep_tap or taps[0]
+    sweep_attr = config.sweep_attribute or config.private[-1]
+    if sweep_tap not in taps or sweep_attr not in config.private:
+        raise PrivatenetError(f"the lambda sweep on {sweep_attr!r} from {sweep_tap!r} needs that "
+                              "tap in taps and that attribute in private")
+    return sweep_tap, sweep_attr
 
 
 #: Named settings. ``paper`` is the paper's (arm_resnet18, 224x224, Adam 1e-3, 200 epochs,
@@ -296,9 +339,51 @@ def reproduce(*, config: ProtocolConfig, out: str | Path,
 
     ``on_stage(name, cached)`` is called as each stage starts; ``callbacks(name)`` gives the
     training-loop callbacks (progress bars) for a stage.
+
+    Every input (the folder, the cache folder, the data, its splits and label columns, the
+    taps) is checked before ``out`` is claimed, so a refused run leaves no folder behind.
     """
+    ready = _prepare(config, out, dry=False)
     with open_shared_run(out, kind="reproduce", fingerprint=None, resume=True) as run:
-        return _reproduce(config, run.path, on_stage, callbacks or (lambda name: None))
+        return _reproduce(config, run.path, ready, on_stage, callbacks or (lambda name: None))
+
+
+@dataclass
+class _Ready:
+    """What a run needs that the checks before it claims its folder computed."""
+
+    data: Dataset
+    size: int
+    taps: list[str]
+    sweep_tap: str
+    sweep_attr: str
+
+
+def _prepare(config: ProtocolConfig, out: str | Path, *, dry: bool) -> _Ready:
+    """Check every input of a run into ``out`` and load its data, writing nothing (a dry run
+    reads an image cache that exists but never writes one): the folder (not another command's,
+    :func:`check_run_folder`), the image cache folder (not in a run folder,
+    :func:`check_cache_dir`), the data's splits, label columns and classes, and the taps."""
+    check_run_folder(out, kind="reproduce")
+    check_cache_dir(config.cache_dir, out=out)
+    data = load_dataset(config.data, image_size=config.image_size, cache_dir=config.cache_dir,
+                        write_cache=not dry)
+    columns = [config.target, *config.private]
+    data.check_columns(columns)
+    data.require_splits(("train", "test"))
+    for c in columns:
+        for split in ("train", "test"):
+            if not bool((data.splits[split].labels[c] != MISSING).any()):
+                raise PrivatenetError(f"dataset {data.name!r}: split {split!r} has no rows "
+                                      f"with a known {c!r} label; label some or choose "
+                                      "another column")
+    data.check_train_classes(columns)
+    size = image_size_of(data)
+    probe = build_model(config.model, num_classes=2, image_size=size)
+    taps = list(config.taps or probe.taps)
+    for tap in taps:
+        require_tap(probe, tap)
+    return _Ready(data, size, taps, *_sweep_of(config, taps))
 
 
 #: A forward pass costs about a third of a training step (the backward pass about twice the
@@ -319,7 +404,8 @@ def plan(*, config: ProtocolConfig, out: str | Path, measure_steps: int = 3) -> 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PrivatenetError(f"{out} is a file, not a run folder; give a folder")
-    found = _reproduce(config, out, None, lambda name: None, dry=True)
+    found = _reproduce(config, out, _prepare(config, out, dry=True), None, lambda name: None,
+                       dry=True)
     device = resolve_device(config.train.device)
     variant = "compile" if config.train.compile else "+".join(
         ["channels_last"] * (resolve_memory_format(config.train.memory_format, device)
@@ -351,23 +437,13 @@ def plan(*, config: ProtocolConfig, out: str | Path, measure_steps: int = 3) -> 
             "not_projected": [st["stage"] for st in todo if st["stage"].startswith("audit-")]}
 
 
-def _reproduce(config: ProtocolConfig, out: Path,
+def _reproduce(config: ProtocolConfig, out: Path, ready: _Ready,
                on_stage: Callable[[str, bool], None] | None,
                cb: Callable[[str], Callbacks | None], dry: bool = False) -> dict:
     from privatenet.app.report import write_report
 
-    data = load_dataset(config.data, image_size=config.image_size, cache_dir=config.cache_dir)
-    data.check_columns([config.target, *config.private])
-    size = image_size_of(data)
-    probe = build_model(config.model, num_classes=2, image_size=size)
-    taps = list(config.taps or probe.taps)
-    for tap in taps:
-        require_tap(probe, tap)
-    sweep_tap = config.sweep_tap or taps[0]
-    sweep_attr = config.sweep_attribute or config.private[-1]
-    if sweep_tap not in taps or sweep_attr not in config.private:
-        raise PrivatenetError(f"the lambda sweep on {sweep_attr!r} from {sweep_tap!r} needs that "
-                              "tap in taps and that attribute in private")
+    data, size, taps = ready.data, ready.size, ready.taps
+    sweep_tap, sweep_attr = ready.sweep_tap, ready.sweep_attr
     writes = not dry and distributed.is_main()  # under torchrun, rank 0 writes
     if writes:
         write_yaml(out / "config.yaml", config.to_dict())

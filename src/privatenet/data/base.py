@@ -104,11 +104,7 @@ class Dataset:
         of ``columns`` that no row has, since a classifier cannot learn it.
         """
         self.check_columns(columns)
-        if name not in self.splits:
-            raise PrivatenetError(
-                f"dataset {self.name!r} has no {name!r} split (it has: "
-                f"{', '.join(sorted(self.splits)) or 'none'}); add rows with split={name}"
-            )
+        self.require_splits([name])
         split = self.splits[name].known(columns)
         if len(split) == 0:
             what = f" with known {', '.join(columns)}" if columns else ""
@@ -117,9 +113,20 @@ class Dataset:
             self.check_train_classes(columns)
         return split
 
+    def require_splits(self, names: list[str] | tuple[str, ...] = ("train", "test")) -> None:
+        """Raise a one-line error naming the data set (for a manifest or RAF-DB, its file or
+        folder) and the splits it has if it lacks one of ``names``."""
+        for name in names:
+            if name not in self.splits:
+                raise PrivatenetError(
+                    f"dataset {self.name!r} has no {name!r} split (it has: "
+                    f"{', '.join(sorted(self.splits)) or 'none'}); add rows with split={name}"
+                )
+
     def check_train_classes(self, columns: list[str] | tuple[str, ...]) -> None:
         """Refuse a column with a class that no train row has: a classifier cannot learn it."""
         self.check_columns(columns)
+        self.require_splits(["train"])
         labels = self.splits["train"].labels
         for c in columns:
             present = set(labels[c].unique().tolist())

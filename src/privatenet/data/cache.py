@@ -9,10 +9,12 @@ same files skips JPEG decoding entirely.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import tempfile
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -49,17 +51,51 @@ _WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _HASH_CHUNK = 1 << 20
 
 
-def check_cache_dir(cache_dir: object) -> Path | None:
-    """Return ``cache_dir`` as a Path (or ``None``); raise if it names something else."""
+#: Where to keep decoded images instead, in the refusals of :func:`check_cache_dir`.
+_CACHE_FIX = "keep decoded images in a separate folder such as ~/.cache/privatenet"
+
+
+def check_cache_dir(cache_dir: object, *, out: str | os.PathLike | None = None) -> Path | None:
+    """Return ``cache_dir`` as a Path (or ``None``); raise a one-line error if it names
+    something else than a folder, or a folder that is not the cache's own.
+
+    Refused (nothing is written before this check): a path that exists and is not a folder;
+    one inside a privatenet run folder (a folder holding the run marker, itself or any of its
+    parents: the cache file would be a foreign file in a finished run); and with ``out`` (the
+    command's output folder) the output folder itself, a folder inside it or one containing
+    it (the cache would fill the folder the run then refuses as not its own).
+    """
     if cache_dir is None:
         return None
     if not isinstance(cache_dir, (str, os.PathLike)):
         raise TypeError(f"cache_dir must be a path or None, got {type(cache_dir).__name__}")
+    if isinstance(cache_dir, str) and not cache_dir.strip():
+        # Path("") is the current folder: an empty option must not write into it.
+        raise PrivatenetError("cache_dir is empty; give a folder path or leave the option out")
     path = Path(cache_dir)
     if path.exists() and not path.is_dir():
         raise PrivatenetError(
             f"cache directory {path} exists but is not a directory; give a directory path"
         )
+    from privatenet.train.rundir import MARKER  # here: the train package imports torch code
+
+    full = path.expanduser().resolve()
+    if out is not None and not (isinstance(out, str) and not out.strip()):
+        run = Path(out).expanduser().resolve()
+        relation = ("is the output folder" if full == run else
+                    f"is inside the output folder {out}" if full.is_relative_to(run) else
+                    f"contains the output folder {out}" if run.is_relative_to(full) else None)
+        if relation is not None:
+            raise PrivatenetError(f"cache_dir {path} {relation}; {_CACHE_FIX}")
+    for folder in (full, *full.parents):
+        try:
+            marked = (folder / MARKER).is_file()
+        except OSError:  # a parent we may not look into holds no run of ours
+            marked = False
+        if marked:
+            where = "is" if folder == full else "is inside"
+            raise PrivatenetError(f"cache_dir {path} {where} the privatenet run folder "
+                                  f"{folder}; {_CACHE_FIX}")
     return path
 
 
@@ -114,7 +150,8 @@ def resolve_image_size(paths: list[Path], image_size: int | None) -> int:
     if image_size is not None or not paths:
         side = image_size or 0
     else:
-        sizes = _in_threads(_header_size, paths)
+        with _decoder_messages():
+            sizes = _in_threads(_header_size, paths)
         first = sizes[0]
         for path, size in zip(paths, sizes, strict=True):
             if size != first:
@@ -142,7 +179,7 @@ def resolve_image_size(paths: list[Path], image_size: int | None) -> int:
 
 def decode_images(
     paths: list[Path], *, image_size: int | None, cache_dir: str | Path | None = None,
-    hashes: list[str] | None = None,
+    hashes: list[str] | None = None, write_cache: bool = True,
 ) -> torch.Tensor:
     """Decode ``paths`` into one uint8 tensor (N, 3, S, S), row ``i`` holding ``paths[i]``.
 
@@ -160,6 +197,7 @@ def decode_images(
     :func:`cache_key` (on the files' content; pass their :func:`file_hashes` as ``hashes`` if
     already computed), and later calls on files of the same content load it instead of
     decoding. The file is written atomically, so an interrupted run never leaves a half cache.
+    With ``write_cache=False`` (a dry run) an existing cache file is read but none is written.
 
     Raises :class:`PrivatenetError` (one line naming the file) for a missing or unreadable image,
     and for the size and memory problems of :func:`resolve_image_size`, before decoding.
@@ -183,9 +221,39 @@ def decode_images(
 
     images = _decode_all(paths, side)
 
-    if cache_path is not None:
+    if cache_path is not None and write_cache:
         _save_cache(cache_file, images)
     return images
+
+
+@contextlib.contextmanager
+def _decoder_messages():
+    """Keep the decoders' chatter off the terminal: Pillow's Python warnings ("Truncated File
+    Read") and what libtiff and other C decoders write straight to file descriptor 2 are
+    collected while images are read and logged as one INFO line (shown with ``-v``). A bad image
+    is still reported, as one error line naming the file; a readable one is not worth a wall of
+    decoder noise around it."""
+    with warnings.catch_warnings(record=True) as caught, tempfile.TemporaryFile() as sink:
+        warnings.simplefilter("always")
+        try:
+            saved = os.dup(2)
+        except OSError:  # no file descriptor 2 (a detached process): nothing to redirect
+            saved = None
+        if saved is not None:
+            os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            if saved is not None:
+                os.dup2(saved, 2)
+                os.close(saved)
+            sink.seek(0)
+            lines = [line for line in sink.read(1 << 16).decode("utf-8", "replace").splitlines()
+                     if line.strip()]
+            lines += [f"{w.category.__name__}: {w.message}" for w in caught]
+            if lines:
+                log.info("image decoders reported %d message(s), first: %s", len(lines),
+                         lines[0])
 
 
 def _in_threads(fn, items: list) -> list:
@@ -284,7 +352,8 @@ def _decode_all(paths: list[Path], side: int) -> torch.Tensor:
         out[i].copy_(_to_chw(img))
 
     log.info("decoding %d images with %d threads", len(paths), DECODE_WORKERS)
-    _in_threads(work, list(range(len(paths))))
+    with _decoder_messages():
+        _in_threads(work, list(range(len(paths))))
     return out
 
 
@@ -338,8 +407,8 @@ def _save_cache(cache_file: Path, images: torch.Tensor) -> None:
 
 
 def decode_splits(*, paths: list[Path], split_of: list[str], labels: dict[str, list[int]],
-                  ids: list[str], image_size: int | None, cache_dir: str | Path | None = None
-                  ) -> dict[str, Split]:
+                  ids: list[str], image_size: int | None, cache_dir: str | Path | None = None,
+                  write_cache: bool = True) -> dict[str, Split]:
     """Decode the images of every row and group rows, labels and ids into splits.
 
     Rows are decoded in split order, so each split is a contiguous slice of one tensor: no
@@ -358,7 +427,8 @@ def decode_splits(*, paths: list[Path], split_of: list[str], labels: dict[str, l
     hashes = file_hashes(flat_paths)
     by_row = dict(zip(flat, hashes, strict=True))
     _warn_shared_images(order, by_row, paths)
-    images = decode_images(flat_paths, image_size=side, cache_dir=cache_dir, hashes=hashes)
+    images = decode_images(flat_paths, image_size=side, cache_dir=cache_dir, hashes=hashes,
+                           write_cache=write_cache)
     splits: dict[str, Split] = {}
     start = 0
     for split, idx in order.items():

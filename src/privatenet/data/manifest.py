@@ -44,7 +44,8 @@ _INT = re.compile(r"[+-]?\d+(?:\.0*)?")
 
 
 def load_manifest(
-    csv_path: str | Path, *, image_size: int | None = None, cache_dir: str | Path | None = None
+    csv_path: str | Path, *, image_size: int | None = None, cache_dir: str | Path | None = None,
+    write_cache: bool = True,
 ) -> Dataset:
     """Load the data set described by ``csv_path`` as a :class:`Dataset` named
     ``manifest:<absolute csv_path>`` (symlinks resolved; relative image paths start at the
@@ -53,7 +54,8 @@ def load_manifest(
     Splits are those named in the ``split`` column; rows keep the file's order within a split and
     ``Split.ids`` holds the ``path`` cells as written. ``Dataset.classes`` holds each label
     column's class names (save them with a run to decode predictions later). Images are decoded
-    once by :func:`~privatenet.data.cache.decode_images` (``image_size``, ``cache_dir`` as there).
+    once by :func:`~privatenet.data.cache.decode_images` (``image_size``, ``cache_dir``,
+    ``write_cache`` as there).
 
     Raises :class:`PrivatenetError`, one line naming the file (and line), for a missing file, a
     header without ``path``/``split`` or label columns, a row with the wrong number of cells, an
@@ -111,7 +113,7 @@ def load_manifest(
         classes[c], labels[c] = _encode_column(c, cells[c], linenos, csv_path)
 
     splits = decode_splits(paths=paths, split_of=split_of, labels=labels, ids=ids,
-                           image_size=image_size, cache_dir=cache_dir)
+                           image_size=image_size, cache_dir=cache_dir, write_cache=write_cache)
     log.info(
         "manifest %s: %s; columns %s", csv_path,
         ", ".join(f"{k} {len(v)}" for k, v in splits.items()),

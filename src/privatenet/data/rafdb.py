@@ -43,7 +43,8 @@ _INT = re.compile(r"[+-]?\d+")
 
 
 def load_rafdb(
-    root: str | Path, *, image_size: int | None = None, cache_dir: str | Path | None = None
+    root: str | Path, *, image_size: int | None = None, cache_dir: str | Path | None = None,
+    write_cache: bool = True,
 ) -> Dataset:
     """Load the RAF-DB "basic" folder ``root`` as a :class:`Dataset` named
     ``rafdb:<absolute root>``, with ``spec`` set.
@@ -52,7 +53,8 @@ def load_rafdb(
     order of ``EmoLabel/list_patition_label.txt`` and ``Split.ids`` holds the names from it.
     Columns: ``emotion`` (7 classes), and when attribute annotations exist ``gender`` (male,
     female; "unsure" is MISSING), ``age`` (5 groups) and ``race`` (3). Images are decoded once by
-    :func:`~privatenet.data.cache.decode_images` (``image_size``, ``cache_dir`` as there).
+    :func:`~privatenet.data.cache.decode_images` (``image_size``, ``cache_dir``,
+    ``write_cache`` as there).
 
     Raises :class:`PrivatenetError`, one line naming the file (and line), for a wrong root, a
     missing or malformed label file, an out-of-range label, a missing image or attribute, or
@@ -96,7 +98,7 @@ def load_rafdb(
 
     split_of = [_split_of(name, label_file, lineno) for name, _, lineno in rows]
     splits = decode_splits(paths=paths, split_of=split_of, labels=labels, ids=names,
-                           image_size=image_size, cache_dir=cache_dir)
+                           image_size=image_size, cache_dir=cache_dir, write_cache=write_cache)
     log.info(
         "RAF-DB %s: %s; columns %s", root,
         ", ".join(f"{k} {len(v)}" for k, v in splits.items()), ", ".join(classes),

@@ -18,8 +18,8 @@ from torch import nn
 
 from privatenet.errors import PrivatenetError
 
-__all__ = ["create_model", "list_models", "model_from_config", "model_options", "register_family",
-           "register_model", "register_wrapper"]
+__all__ = ["create_model", "list_models", "model_from_config", "model_options", "model_taps",
+           "register_family", "register_model", "register_wrapper"]
 
 
 @dataclass(frozen=True)
@@ -150,6 +150,21 @@ def create_model(name: str, *, num_classes: int, **kwargs: Any) -> nn.Module:
     model = entry.fn(**bound.arguments)
     model.config = {"name": name, **{k: _plain(v) for k, v in bound.arguments.items()}}
     return model
+
+
+def model_taps(name: str) -> tuple[str, ...]:
+    """The tap names of model ``name`` (default options), without data or weights: the model
+    is built on the meta device, which allocates and initialises nothing (on the CPU if one
+    cannot be built there). An unknown name is a :class:`PrivatenetError`."""
+    import torch
+
+    _entry(name)
+    try:
+        with torch.device("meta"):
+            model = create_model(name, num_classes=2)
+    except (RuntimeError, NotImplementedError):
+        model = create_model(name, num_classes=2)
+    return tuple(model.taps)
 
 
 def model_from_config(config: Mapping[str, Any], *, load_backbone_weights: bool = False

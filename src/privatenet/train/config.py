@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import random
@@ -67,6 +68,8 @@ class TrainConfig:
                                       f"{', '.join(choices)}")
         if not isinstance(self.compile, bool):
             raise PrivatenetError(f"compile={self.compile!r} is invalid; give True or False")
+        if self.compile:
+            check_compiler()
 
     def key(self) -> dict:
         """The settings that identify a run (fingerprints, resume checks, stage keys): every
@@ -77,6 +80,24 @@ class TrainConfig:
             if values[name] == getattr(TrainConfig, name):
                 del values[name]
         return values
+
+
+@functools.cache
+def check_compiler() -> None:
+    """Refuse ``compile=True`` up front, before any data is read or any folder written, when
+    torch.compile's inductor backend finds no working C++ compiler (it builds its kernels with
+    one; without it the first training step fails deep inside torch)."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # another torch layout: the compile step itself will tell
+        return
+    try:
+        get_cpp_compiler()
+    except Exception as e:  # torch raises its own InvalidCxxCompiler (a RuntimeError)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PrivatenetError(f"compile=True needs a working C++ compiler for torch.compile "
+                              f"({first}); install one (apt-get install g++, or set CXX) or "
+                              "train without compile") from None
 
 
 #: Training precisions: ``auto`` is bf16 autocast on CUDA and fp32 elsewhere, a choice by device
@@ -90,6 +111,23 @@ SPEED_SETTINGS = ("precision", "memory_format", "compile")
 
 #: The largest seed every generator accepts (NumPy's legacy seeding takes [0, 2**32 - 1]).
 MAX_SEED = 2**32 - 1
+
+#: The most seeds a repeated measurement (``reproduce --seeds``, ``audit --seeds``) may take:
+#: each seed is a whole rerun, so a mistyped count would otherwise run for days (or grow a plan
+#: in memory for minutes) before anything is reported.
+MAX_SEEDS = 100
+
+
+def check_seeds(seeds: object, *, first: int = 0) -> int:
+    """``seeds``, a number of seeds (``first``, ``first + 1``, ...), as an integer in
+    1..:data:`MAX_SEEDS` whose last seed is at most :data:`MAX_SEED`; else a one-line
+    :class:`PrivatenetError`."""
+    if not _is_int(seeds) or not 1 <= seeds <= MAX_SEEDS:
+        raise PrivatenetError(f"seeds={seeds!r} is invalid; give an integer in 1..{MAX_SEEDS}")
+    if first + seeds - 1 > MAX_SEED:
+        raise PrivatenetError(f"seeds={seeds} from seed={first} reaches seed "
+                              f"{first + seeds - 1}, above {MAX_SEED}; give a smaller seed")
+    return int(seeds)
 
 
 def _is_int(value) -> bool:

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from privatenet.errors import PrivatenetError
 
 __all__ = ["agree", "all_sum", "broadcast_buffers", "from_main", "init_from_env", "is_main",
-           "shutdown", "world"]
+           "launched", "shutdown", "world"]
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +36,40 @@ def is_main() -> bool:
     return world()[0] == 0
 
 
+def launched() -> tuple[int, int, int]:
+    """``(rank, local rank, number of processes)`` as torchrun describes them in the environment
+    (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``); ``(0, 0, 1)`` when they are unset. A value that
+    is not a whole number, or out of range, is a one-line :class:`PrivatenetError`."""
+    values = {}
+    for name, default in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)):
+        raw = os.environ.get(name)
+        try:
+            values[name] = default if raw is None else int(raw)
+        except ValueError:
+            values[name] = -1
+        low = 1 if name == "WORLD_SIZE" else 0
+        if values[name] < low:
+            raise PrivatenetError(
+                f"environment variable {name}={raw[:40]!r} is invalid; give an integer >= {low} "
+                "(torchrun sets RANK, LOCAL_RANK and WORLD_SIZE: unset them to run one process)")
+    if values["RANK"] >= values["WORLD_SIZE"]:
+        raise PrivatenetError(
+            f"environment variable RANK={values['RANK']} is not below WORLD_SIZE="
+            f"{values['WORLD_SIZE']}; start the processes with torchrun, or unset both")
+    return values["RANK"], values["LOCAL_RANK"], values["WORLD_SIZE"]
+
+
 def init_from_env() -> bool:
     """Join the process group torchrun describes in the environment; ``False`` when this is a
     single process. On CUDA each process takes the GPU of its ``LOCAL_RANK``."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available()
-                                                        and dist.is_initialized()):
+    _, local_rank, size = launched()
+    if size <= 1 or (dist.is_available() and dist.is_initialized()):
         return False
     if not dist.is_available():
         raise PrivatenetError("this torch build has no torch.distributed; run one process")
     cuda = torch.cuda.is_available()
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(local_rank)
     dist.init_process_group(backend="nccl" if cuda else "gloo")
     log.info("process %d of %d (%s)", dist.get_rank(), dist.get_world_size(),
              dist.get_backend())

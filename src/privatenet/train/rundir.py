@@ -210,6 +210,34 @@ def _claim(path: Path, kind: str, fingerprint: dict | None, resume: bool) -> boo
     return False
 
 
+def check_run_folder(path: str | Path, *, kind: str) -> Path:
+    """The refusals of :func:`open_run` that need neither the lock nor a write (an empty
+    path, a file, a folder of another kind of run, a folder that is not a run's), as ``path``;
+    a job that reads its inputs before it claims its folder calls this first, so that a
+    folder it would refuse costs no decoding. Writes nothing."""
+    if not isinstance(kind, str) or not kind:
+        raise ValueError(f"open_run kind={kind!r}; pass the job's name")
+    if isinstance(path, str) and not path.strip():
+        # Path("") is the current folder: an empty option must not write into it.
+        raise PrivatenetError("the run folder path is empty; pass the folder to write into")
+    path = Path(path)
+    try:
+        if path.exists() and not path.is_dir():
+            raise PrivatenetError(f"{path} is a file, not a folder; choose an empty or new "
+                                  "folder")
+        # Refusals that need no lock come first, so that a foreign folder never gets a lock
+        # file.
+        if path.is_dir():
+            if (path / MARKER).exists():
+                _check_kind(path, _read_marker(path), kind)
+            else:
+                _refuse_foreign(path, kind)
+    except OSError as e:
+        raise PrivatenetError(f"cannot create or read run folder {path}: {e.strerror}; "
+                              "choose a writable place") from None
+    return path
+
+
 @contextmanager
 def open_run(path: str | Path, *, kind: str, fingerprint: dict | None,
              resume: bool) -> Iterator[Run]:
@@ -222,25 +250,10 @@ def open_run(path: str | Path, *, kind: str, fingerprint: dict | None,
     for the caller to return ``run.results()``. Every refusal is a one-line
     :class:`PrivatenetError` and leaves the folder's files as they were.
     """
-    if not isinstance(kind, str) or not kind:
-        raise ValueError(f"open_run kind={kind!r}; pass the job's name")
-    if isinstance(path, str) and not path.strip():
-        # Path("") is the current folder: an empty option must not write into it.
-        raise PrivatenetError("the run folder path is empty; pass the folder to write into")
-    path = Path(path)
+    path = check_run_folder(path, kind=kind)
     if fingerprint is not None:
         fingerprint = _plain(fingerprint)
     try:
-        if path.exists() and not path.is_dir():
-            raise PrivatenetError(f"{path} is a file, not a folder; choose an empty or new "
-                                  "folder")
-        # Refusals that need no lock come first, so that a foreign folder never gets a lock
-        # file.
-        if path.is_dir():
-            if (path / MARKER).exists():
-                _check_kind(path, _read_marker(path), kind)
-            else:
-                _refuse_foreign(path, kind)
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise PrivatenetError(f"cannot create or read run folder {path}: {e.strerror}; "
