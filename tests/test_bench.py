@@ -128,3 +128,116 @@ def test_bench_command_bad_input_is_one_line(tmp_path, capsys):
     assert main(["bench", "--out", str(tmp_path)]) == 2  # a folder
     assert "is a folder" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+# ------------------------------------------------------- the output file (issue 15, defect 1)
+
+CLI_TINY = ["bench", "--model", "arm_small", "--image-size", "33", "--batch-size", "4",
+            "--steps", "1", "--warmup", "0", "--latency-iters", "1", "--device", "cpu",
+            "--variants", "fp32"]
+
+
+@pytest.fixture
+def no_measure(monkeypatch):
+    """``measure`` that fails the test if called: a refusal must come before any timing."""
+    def called(**kwargs):
+        raise AssertionError("measure ran before the output file was checked")
+    monkeypatch.setattr(bench, "measure", called)
+
+
+def _run_folder(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text('{"kind": "train", "fingerprint": null}\n')
+    (run / "model.json").write_text('{"tensors_sha256": "abc"}\n')
+    return run
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda tmp: tmp / "data.csv", "not a privatenet bench output"),
+    (lambda tmp: _run_folder(tmp) / "model.json", "inside the run folder"),
+    (lambda tmp: _run_folder(tmp) / "new.json", "inside the run folder"),
+    (lambda tmp: tmp / "other.json", "not a privatenet bench output"),
+])
+def test_bench_refuses_a_file_it_does_not_own(tmp_path, capsys, no_measure, make, needle):
+    from cli_helpers import fails
+
+    out = make(tmp_path)
+    if out.name == "data.csv":
+        out.write_text("path,label\na.jpg,3\n")
+    elif out.name == "other.json":
+        out.write_text('{"variants": []}\n')  # JSON, but no bench marker
+    before = out.read_bytes() if out.exists() else None
+    line = fails(capsys, [*CLI_TINY, "--out", str(out)], str(out), needle)
+    assert "--out" in line
+    assert (out.read_bytes() if out.exists() else None) == before
+
+
+def test_bench_refuses_a_symlink(tmp_path, capsys, no_measure):
+    from cli_helpers import fails
+
+    target = tmp_path / "bench.json"
+    target.write_text(json.dumps({"kind": bench.KIND}))
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    fails(capsys, [*CLI_TINY, "--out", str(link)], str(link), "symlink")
+    assert link.is_symlink() and json.loads(target.read_text()) == {"kind": bench.KIND}
+
+
+def test_bench_refuses_an_unwritable_parent(tmp_path, capsys, no_measure):
+    from cli_helpers import fails
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    fails(capsys, [*CLI_TINY, "--out", str(blocker / "sub" / "b.json")], "not a folder")
+
+
+def test_bench_overwrites_its_own_output(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main([*CLI_TINY, "--out", str(out)]) == 0
+    first = json.loads(out.read_text())
+    assert first["kind"] == bench.KIND and first["skipped"] == {}
+    first["steps"] = "stale"
+    out.write_text(json.dumps(first))
+    assert main([*CLI_TINY, "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["steps"] == 1
+
+
+# ---------------------------------------------------- default variants (issue 15, defect 22)
+
+
+def _variant_keys(monkeypatch, native, **kwargs):
+    """The variants measure would run (and the left-out ones) with bf16 ``native`` or not."""
+    seen = {}
+    monkeypatch.setattr(bench, "bf16_native", lambda dev: native)
+
+    def fake(model, size, bs, dev, steps, warmup, latency_iters, compile, keys, progress):
+        seen["keys"] = keys
+        return {}
+    monkeypatch.setattr(bench, "_measure", fake)
+    result = measure(**{**TINY, "model": "arm_resnet18", "image_size": 65, **kwargs})
+    return seen["keys"], result["skipped"]
+
+
+def test_default_variants_leave_out_emulated_bf16(monkeypatch):
+    keys, skipped = _variant_keys(monkeypatch, native=False)
+    assert keys == ["public", "fp32", "channels_last"]
+    assert set(skipped) == {"bf16", "channels_last+bf16", "compile"}
+    assert "no native bf16" in skipped["bf16"] and "--variants bf16" in skipped["bf16"]
+    keys, skipped = _variant_keys(monkeypatch, native=True)
+    assert keys == ["public", "fp32", "channels_last", "bf16", "channels_last+bf16"]
+    assert set(skipped) == {"compile"}
+
+
+def test_explicit_bf16_still_runs_without_native_bf16(monkeypatch):
+    keys, skipped = _variant_keys(monkeypatch, native=False, variants="fp32,bf16")
+    assert keys == ["fp32", "bf16"] and skipped == {}
+
+
+def test_left_out_variants_are_printed(tiny, monkeypatch, tmp_path, capsys):
+    result = dict(tiny[0], skipped={"bf16": "this CPU has no native bf16 (why)"})
+    assert "left out bf16 (ours, bf16 autocast): this CPU has no native bf16 (why)" in \
+        format_table(result).splitlines()
+    monkeypatch.setattr(bench, "measure", lambda **kw: result)
+    assert main(["bench", "--device", "cpu", "--out", str(tmp_path / "b.json")]) == 0
+    assert "left out bf16 (ours, bf16 autocast)" in capsys.readouterr().out

@@ -188,6 +188,22 @@ def test_import_public_checkpoint_then_attack(tmp_path, capsys):
                     "--out", str(tmp_path / "imp2")], "other.pth")
 
 
+def test_import_checkpoint_refuses_nan_or_inf_weights(tmp_path, capsys):
+    import torch
+
+    from privatenet.models import create_model
+    from privatenet.models.public import public_state_dict
+
+    state = public_state_dict(create_model("arm_resnet18", num_classes=7, image_size=96))
+    state = {k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in state.items()}
+    torch.save({"model_state_dict": state}, tmp_path / "nan.pth")
+    out = tmp_path / "imp"
+    _fails(capsys, ["import-checkpoint", str(tmp_path / "nan.pth"), "--data",
+                    "synthfaces:n=120,size=96,seed=1", "--device", "cpu", "--out", str(out)],
+           "nan.pth: tensor 'features.0.weight' holds NaN or infinite values")
+    assert not out.exists()
+
+
 def test_reproduce_dry_run_lists_stages_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "r"
     assert main(["reproduce", "--preset", "smoke", "--data", "synthfaces:n=60,size=32",

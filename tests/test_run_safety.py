@@ -63,6 +63,30 @@ def test_resume_of_a_finished_run_with_the_same_options_prints_its_results(data,
     assert _snapshot(finished) == before
 
 
+def test_an_edited_and_rehashed_model_json_is_one_line_in_attack(finished, tmp_path, capsys):
+    """model.json's meta_sha256 detects corruption, not edits: values edited and rehashed
+    (a huge num_classes or image_size, a class list that does not fit) are refused with one
+    line naming the file, before any data is loaded or any network built."""
+    import json
+    import shutil
+
+    from privatenet.train.checkpoint import _meta_digest
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run, ignore=shutil.ignore_patterns("run.lock"))
+    meta = json.loads((run / "model.json").read_text())
+    out = tmp_path / "atk"
+    for change, needle in (({"module": {**meta["module"], "num_classes": 10**12}}, "outputs"),
+                           ({"image_size": 10**6}, "'image_size' is 1000000"),
+                           ({"classes": [*meta["classes"], "extra"]}, "classes")):
+        edited = {**meta, **change}
+        edited["meta_sha256"] = _meta_digest(edited)
+        (run / "model.json").write_text(json.dumps(edited))
+        _fails(capsys, ["attack", "--run", str(run), "--tap", "pool", "--private", "gender",
+                        *FAST[2:], "--out", str(out)], "model.json", needle, "edited")
+        assert not out.exists()
+
+
 def test_empty_out_and_a_foreign_folder_are_refused(data, tmp_path, capsys):
     csv, _ = data
     _fails(capsys, ["train", "--data", f"manifest:{csv}", *FAST, "--out", ""], "empty")

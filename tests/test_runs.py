@@ -117,6 +117,61 @@ def test_module_round_trip_and_edited_module_json(tmp_path):
         load_module(tmp_path / "model")
 
 
+def _forge_json(path, **changes):
+    """Edit a checkpoint JSON and recompute its meta_sha256 with the module's own digest (the
+    hash detects corruption; it is not a signature)."""
+    from privatenet.train.checkpoint import _meta_digest
+
+    meta = json.loads(path.read_text())
+    meta.update(changes)
+    meta["meta_sha256"] = _meta_digest(meta)
+    path.write_text(json.dumps(meta, indent=2))
+
+
+_SMALL = {"name": "small_cnn", "num_classes": 3}
+
+
+@pytest.mark.parametrize("changes, needle", [
+    # sizes that would allocate terabytes if the network were built from them
+    ({"module": {**_SMALL, "num_classes": 10**12}}, "3 'classes' for a network of"),
+    ({"module": {**_SMALL, "num_classes": 10**12}, "classes": None},
+     r"model\.safetensors: tensor 'fc\.weight' has shape \(3, 64\).*needs \(1000000000000, 64\)"),
+    ({"module": {**_SMALL, "num_classes": 5}, "classes": list("abcde")},
+     r"model\.safetensors: tensor 'fc\.weight' has shape \(3, 64\)"),
+    ({"image_size": 10**6}, "'image_size' is 1000000, not an integer 8..1024"),
+    ({"module": {**_SMALL, "num_classes": "3"}}, "'module.num_classes' is '3'"),
+    ({"classes": ["a", "a", "b"]}, "not a list of distinct names"),
+    ({"data": 5}, "'data' is 5"),
+])
+def test_edited_and_rehashed_module_json_is_one_line(tmp_path, changes, needle):
+    from privatenet.app.jobs import model_meta
+
+    save_module(tmp_path / "model", create_model("small_cnn", num_classes=3), {
+        "role": "model", "data": "synthfaces:n=60", "target": "emotion",
+        "classes": ["a", "b", "c"], "image_size": 32})
+    _forge_json(tmp_path / "model.json", **changes)
+    with pytest.raises(PrivatenetError, match=needle) as e:
+        load_module(tmp_path / "model")
+    assert "edited or is from another privatenet version" in str(e.value)
+    assert len(str(e.value).splitlines()) == 1
+    if "safetensors" not in needle:  # the plain values, as the CLI reads them first
+        with pytest.raises(PrivatenetError, match=r"model\.json: .*edited"):
+            model_meta(tmp_path)
+
+
+def test_edited_and_rehashed_adversary_json_is_one_line(tmp_path):
+    from privatenet.models import create_adversary
+
+    head = create_adversary("mlp", tap_shape=(64,), num_classes=2)
+    save_module(tmp_path / "adversary", head, {"role": "adversary", "tap": "pool",
+                                               "attribute": "gender", "classes": ["f", "m"]})
+    config = json.loads((tmp_path / "adversary.json").read_text())["module"]
+    _forge_json(tmp_path / "adversary.json", module={**config, "hidden": 10**9})
+    with pytest.raises(PrivatenetError, match=r"adversary\.safetensors: tensor 'head\.0\.weight' "
+                                              r"has shape \(256, 64\).*edited"):
+        load_module(tmp_path / "adversary")
+
+
 # Training checkpoints ------------------------------------------------------------------------
 
 def test_training_checkpoints_keep_the_last_two(tmp_path):

@@ -22,8 +22,9 @@ def _imports(path: Path) -> set[str]:
 def test_no_test_imports_the_tests_package_or_conftest():
     # Plain `pytest` puts tests/ (not the checkout) on sys.path: `tests.x` is not importable,
     # and conftest is pytest's to load, not a module to import.
-    bad = {p.name: sorted(n for n in _imports(p) if n == "conftest" or n.startswith("tests"))
-           for p in HERE.glob("*.py")}
+    bad = {str(p.relative_to(HERE)): sorted(n for n in _imports(p)
+                                            if n == "conftest" or n.split(".")[0] == "tests")
+           for p in HERE.rglob("*.py")}
     assert not {k: v for k, v in bad.items() if v}
 
 

@@ -26,6 +26,8 @@ import torch
 av = pytest.importorskip("av")
 cv2 = pytest.importorskip("cv2")
 
+from cli_helpers import fails  # noqa: E402
+
 from privatenet.cli import main  # noqa: E402
 from privatenet.data.labels import AGE_GROUPS, EMOTIONS, GENDERS  # noqa: E402
 from privatenet.errors import PrivatenetError  # noqa: E402
@@ -557,6 +559,40 @@ def test_export_folder_problems_are_one_line(export_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(PrivatenetError, match=r'pip install -e "\.\[deploy\]"'):
         OnnxSplitClassifier(export_dir)
+
+
+def test_edited_export_json_fields_are_one_line(export_dir, clips, tmp_path, capsys):
+    """export.json has no hash of its own: an edited input size, class list, file name or
+    SHA-256 is checked against the ONNX files (the shapes they declare) and the package's
+    ranges when the folder is opened, never left to ONNX Runtime."""
+    bad = tmp_path / "bad"
+    shutil.copytree(export_dir, bad)
+    doc = json.loads((bad / "export.json").read_text())
+    size = doc["input"]["size"]
+    out = tmp_path / "o"
+    cases = [
+        ({"input": {**doc["input"], "size": size + 16}},
+         f"input.size {size + 16} (3 x {size + 16} x {size + 16}) does not fit the shape "
+         f"['N', 3, {size}, {size}] that untrusted.onnx declares"),
+        ({"input": {**doc["input"], "size": 2048}}, "input.size 2048 is not an image side"),
+        ({"classes": [*doc["classes"], "extra"]},
+         f"{len(doc['classes']) + 1} classes does not fit the shape"),
+        ({"parts": {**doc["parts"], "trusted": {**doc["parts"]["trusted"], "sha256": 5}}},
+         "parts.trusted.sha256 5 is not a SHA-256"),
+        ({"parts": {**doc["parts"], "untrusted": {**doc["parts"]["untrusted"],
+                                                  "file": "../export/untrusted.onnx"}}},
+         "is not a file name in the export folder"),
+    ]
+    for change, needle in cases:
+        (bad / "export.json").write_text(json.dumps({**doc, **change}))
+        with pytest.raises(PrivatenetError, match="export") as e:
+            OnnxSplitClassifier(bad)
+        assert needle in str(e.value) and str(bad / "export.json") in str(e.value)
+    # through the command line: one line, exit 2, nothing written
+    (bad / "export.json").write_text(json.dumps({**doc, **cases[0][0]}))
+    fails(capsys, ["video", str(clips["one"]), "--model", str(bad), "--out", str(out)],
+          "export.json", "input.size", "export the model again")
+    assert not out.exists()
 
 
 def test_library_progress_callback(clips, train_run):

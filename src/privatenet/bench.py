@@ -11,6 +11,13 @@
 - ``channels_last+bf16``: both;
 - ``compile`` (with ``compile=True``): ``torch.compile`` of ours, fp32.
 
+By default (no ``variants``) the bf16 variants are left out where bf16 is emulated (a CPU
+without AVX512-BF16/AMX, a GPU without bf16): they cannot pay there, and are slow to time.
+The result says which variants were left out and why (``skipped``).
+
+The result carries ``"kind": "privatenet-bench"``; :func:`check_out_file` lets a new run write
+over such a file only, never over another file (a user's data, a run folder's files).
+
 Each training step is forward + cross-entropy + backward + Adam (lr 1e-3, weight decay 1e-4, as
 in the public recipe). :func:`format_table` renders the result as plain text. The module logs
 and never prints; ``privatenet bench`` prints.
@@ -20,11 +27,13 @@ from __future__ import annotations
 
 import logging
 import numbers
+import os
 import platform
 import statistics
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,10 +45,12 @@ from privatenet.errors import PrivatenetError
 from privatenet.models import create_model, model_options
 from privatenet.models.arm import arm_map_side, resnet_map_side
 from privatenet.models.registry import check_model_name
+from privatenet.train.checkpoint import read_json
 from privatenet.train.config import bf16_native, resolve_device
+from privatenet.train.rundir import MARKER as RUN_MARKER
 
-__all__ = ["VARIANTS", "PublicAmend", "PublicRes18Feature", "environment", "format_table",
-           "measure"]
+__all__ = ["KIND", "VARIANTS", "PublicAmend", "PublicRes18Feature", "check_out_file",
+           "environment", "format_table", "measure"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +63,8 @@ VARIANTS = {
     "channels_last+bf16": "ours, channels_last bf16 autocast",
     "compile": "ours, torch.compile fp32",
 }
+#: The ``kind`` field of a result: marks a file that a later run may write over.
+KIND = "privatenet-bench"
 #: The model that ``public`` re-creates.
 PUBLIC_MODEL = "arm_resnet18"
 #: A variant "pays" when it trains this much faster than the one it is compared with: smaller
@@ -254,11 +267,31 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
-def _check_variants(variants: Any, model: str, compile: bool) -> list[str]:
+def _left_out(dev: torch.device, compile: bool) -> dict[str, str]:
+    """The variants a default run leaves out on ``dev``, each with the reason."""
+    skipped = {}
+    if not bf16_native(dev):
+        what = ("this CPU has no native bf16 (no AVX512-BF16/AMX)" if dev.type == "cpu" else
+                f"{dev} has no native bf16")
+        for key in ("bf16", "channels_last+bf16"):
+            skipped[key] = (f"{what}: bf16 autocast is emulated here, so it cannot pay and is "
+                            f"slow to time; name it in variants (--variants {key}) to time it "
+                            "anyway")
+    if not compile:
+        skipped["compile"] = "torch.compile is timed only on request (compile=True, --compile)"
+    return skipped
+
+
+def _check_variants(variants: Any, model: str, compile: bool,
+                    dev: torch.device) -> tuple[list[str], dict[str, str]]:
+    """The variants to run, in order, and those a default run left out (key -> reason)."""
     applicable = [k for k in VARIANTS
                   if (k != "public" or model == PUBLIC_MODEL) and (k != "compile" or compile)]
     if variants is None:
-        return applicable
+        skipped = _left_out(dev, compile)
+        for key, why in skipped.items():
+            log.info("left out %s: %s", key, why)
+        return [k for k in applicable if k not in skipped], skipped
     if isinstance(variants, str):  # "fp32,bf16" as on a command line
         variants = [v.strip() for v in variants.split(",") if v.strip()]
     if not isinstance(variants, Iterable):
@@ -277,7 +310,7 @@ def _check_variants(variants: Any, model: str, compile: bool) -> list[str]:
     if not chosen:
         raise PrivatenetError(f"variants={variants!r} is empty; give at least one of "
                               f"{', '.join(applicable)}")
-    return [k for k in VARIANTS if k in chosen]  # run and report in the one fixed order
+    return [k for k in VARIANTS if k in chosen], {}  # run and report in the one fixed order
 
 
 # ---------------------------------------------------------------------------------- measure
@@ -291,8 +324,10 @@ def measure(*, model: str = "arm_resnet18", image_size: int = 224, batch_size: i
     """Time training and batch-1 inference of ``model``'s variants; return a JSON-able dict.
 
     Every argument is checked first; a bad one raises :class:`PrivatenetError` naming it.
-    ``variants`` (default: all that apply) are keys of :data:`VARIANTS`; ``public`` needs
-    ``model="arm_resnet18"``, ``compile`` needs ``compile=True``. Ratios are over ``public``
+    ``variants`` are keys of :data:`VARIANTS`; ``public`` needs ``model="arm_resnet18"``,
+    ``compile`` needs ``compile=True``. The default is all that apply and can pay on the
+    device: without native bf16 (:func:`privatenet.train.config.bf16_native`) the bf16 variants
+    are left out (bf16 is emulated there); name them to time them anyway. Ratios are over ``public``
     when it runs, else over ``fp32``. Inputs are random tensors from a fixed seed (the caller's
     RNG state is left as it was); labels are over 7 classes.
 
@@ -314,14 +349,15 @@ def measure(*, model: str = "arm_resnet18", image_size: int = 224, batch_size: i
     ``on_progress(stage, done, total)``, if given, is called as the run advances; stages are
     ``parity``, ``memory``, ``warmup``, ``train`` and ``latency``.
 
-    Returns ``environment`` (:func:`environment`), the settings (``model``, ``image_size``,
-    ``batch_size``, ``device``, ``steps``, ``warmup``, ``latency_iters``, ``compile``),
-    ``reference`` (the key the ratios divide by, or None), ``parity_max_abs_diff`` (None
-    without ``public``), ``variants`` (one dict per variant: ``key``, ``label``,
-    ``train_images_per_s`` (images over total time), ``train_images_per_s_median``,
-    ``latency_ms_mean``, ``latency_ms_std``, ``peak_memory_mb``, ``baseline_memory_mb``,
-    ``ratio``), ``fastest`` (the key with the most training images/s), ``recommendation`` and
-    ``notes`` (a list of strings).
+    Returns ``kind`` (:data:`KIND`), ``environment`` (:func:`environment`), the settings
+    (``model``, ``image_size``, ``batch_size``, ``device``, ``steps``, ``warmup``,
+    ``latency_iters``, ``compile``), ``reference`` (the key the ratios divide by, or None),
+    ``parity_max_abs_diff`` (None without ``public``), ``variants`` (one dict per variant:
+    ``key``, ``label``, ``train_images_per_s`` (images over total time),
+    ``train_images_per_s_median``, ``latency_ms_mean``, ``latency_ms_std``, ``peak_memory_mb``,
+    ``baseline_memory_mb``, ``ratio``), ``fastest`` (the key with the most training
+    images/s), ``recommendation``, ``notes`` (a list of strings) and ``skipped`` (the variants
+    a default run left out, key -> reason; empty when ``variants`` was given).
     """
     check_model_name(model)
     image_size = check_image_size(image_size)
@@ -336,7 +372,7 @@ def measure(*, model: str = "arm_resnet18", image_size: int = 224, batch_size: i
     if not isinstance(device, (str, torch.device)):
         raise PrivatenetError(f"device={device!r} is invalid; use auto, cpu or cuda[:N]")
     dev = resolve_device(str(device))
-    keys = _check_variants(variants, model, compile)
+    keys, skipped = _check_variants(variants, model, compile, dev)
     if on_progress is not None and not callable(on_progress):
         raise PrivatenetError(f"on_progress={on_progress!r} is not callable; give a function "
                               "(stage, done, total) or None")
@@ -344,8 +380,10 @@ def measure(*, model: str = "arm_resnet18", image_size: int = 224, batch_size: i
 
     # a fixed seed for the inputs and the weights, without changing the caller's RNG state
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        return _measure(model, image_size, batch_size, dev, steps, warmup, latency_iters,
-                        compile, keys, progress)
+        result = _measure(model, image_size, batch_size, dev, steps, warmup, latency_iters,
+                          compile, keys, progress)
+    result["skipped"] = skipped
+    return result
 
 
 def _measure(model: str, size: int, bs: int, dev: torch.device, steps: int, warmup: int,
@@ -455,6 +493,7 @@ def _measure(model: str, size: int, bs: int, dev: torch.device, steps: int, warm
                      f"variant's own {MEMORY_STEPS} training steps, run alone before the timing; "
                      "it includes all the process held before (base MB, to subtract)")
     return {
+        "kind": KIND,
         "environment": env,
         "model": model,
         "image_size": size,
@@ -513,13 +552,63 @@ def _recommend(ips: dict[str, float], env: dict, model: str, size: int, bs: int,
     return rec
 
 
+# ------------------------------------------------------------------------------ output file
+
+
+def check_out_file(path: str | Path) -> Path:
+    """Refuse, before anything is measured, an output ``path`` that a run may not write: one
+    inside a run folder (an ancestor holds ``run.json``), a symlink, a folder or other non-file,
+    an existing file that is not an earlier result (JSON with ``"kind": "privatenet-bench"``),
+    or one whose nearest existing parent is not a writable folder. Returns ``path``; writes
+    nothing. Each refusal is a one-line :class:`PrivatenetError` naming the file."""
+    if isinstance(path, str) and not path.strip():
+        raise PrivatenetError("the output file path is empty; give the JSON file to write")
+    path = Path(path)
+    fix = "choose another output file (--out) or remove it"
+    try:
+        for folder in path.absolute().parents:
+            if (folder / RUN_MARKER).exists():
+                raise PrivatenetError(f"{path} is inside the run folder {folder} (it holds "
+                                      f"{RUN_MARKER}) and no command writes into a run's folder; "
+                                      "choose another output file (--out) outside it")
+        if path.is_symlink():
+            raise PrivatenetError(f"{path} is a symlink, not an earlier privatenet bench "
+                                  f"output; {fix}")
+        if path.is_dir():
+            raise PrivatenetError(f"{path} is a folder; give the JSON file to write (--out)")
+        if path.exists():
+            if not path.is_file():
+                raise PrivatenetError(f"{path} is not a regular file; {fix}")
+            try:
+                old = read_json(path)
+            except (PrivatenetError, ValueError, RecursionError):
+                old = None  # not JSON (a CSV, a binary file): not ours
+            if not isinstance(old, dict) or old.get("kind") != KIND:
+                raise PrivatenetError(f"{path} exists and is not a privatenet bench output "
+                                      f"(no \"kind\": \"{KIND}\"); {fix}")
+            log.info("%s holds an earlier bench output: it will be replaced", path)
+        # the nearest existing folder above must take the folders to create and the file
+        parent = path.absolute().parent
+        while not parent.exists() and not parent.is_symlink():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise PrivatenetError(f"cannot create the folder of {path}: {parent} is not a "
+                                  "folder; choose another output file (--out)")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise PrivatenetError(f"cannot write {path}: {parent} is not writable; choose "
+                                  "another output file (--out)")
+    except OSError as e:
+        raise PrivatenetError(f"cannot read {path}: {e.strerror}; {fix}") from None
+    return path
+
+
 # ------------------------------------------------------------------------------------ table
 
 
 def format_table(result: dict) -> str:
     """``result`` (from :func:`measure`) as plain text: one line on the environment, a row per
     variant (train img/s, median, ratio, batch-1 ms mean ± std, peak and baseline MB), then the
-    parity, the notes and the recommendation."""
+    parity, the notes, a line per variant left out (and why) and the recommendation."""
     env = result["environment"]
     size = result["image_size"]
     lines = [
@@ -548,6 +637,8 @@ def format_table(result: dict) -> str:
         lines.append("parity (ours, batch affinity, vs public re-creation, eval): max |logit "
                      f"diff| = {result['parity_max_abs_diff']:.2e}")
     lines += [f"note: {n}" for n in result["notes"]]
+    lines += [f"left out {key} ({VARIANTS.get(key, key)}): {why}"
+              for key, why in (result.get("skipped") or {}).items()]
     rec = result["recommendation"]
     lines.append(f"recommendation: {rec['summary']}")
     if rec.get("note"):

@@ -13,9 +13,8 @@ import re
 import sys
 from pathlib import Path
 
-import yaml
-
 from privatenet.errors import PrivatenetError
+from privatenet.readers import MAX_CONFIG_BYTES, brief, load_yaml
 
 log = logging.getLogger("privatenet")
 
@@ -365,12 +364,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timed batch-1 inferences per variant (default 20)")
     p.add_argument("--variants", default=None,
                    help="comma list of public, fp32, channels_last, bf16, channels_last+bf16, "
-                        "compile (default: all that apply)")
+                        "compile (default: all that apply and can pay here: the bf16 ones only "
+                        "with native bf16, compile only with --compile)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: torch's choice)")
     p.add_argument("--out", default="runs/bench.json",
-                   help="JSON file of the figures (default runs/bench.json)")
+                   help="JSON file of the figures (default runs/bench.json); an existing file "
+                        "is replaced only if it is an earlier bench output")
 
     p = sub.add_parser("data-info", help="sizes and label distributions of a dataset",
                        description="Print split sizes, class counts per label column and the "
@@ -428,16 +429,8 @@ def _load_config_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> N
     if not known.config:
         return
     path = Path(known.config)
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise PrivatenetError(f"{path}: config file not found") from None
-    except OSError as e:
-        raise PrivatenetError(f"{path}: cannot read the config file ({e.strerror})") from None
-    except UnicodeDecodeError as e:
-        raise PrivatenetError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    except yaml.YAMLError as e:
-        raise PrivatenetError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    # Bounded: a regular file of at most 1 MiB, 64 levels deep, 10,000 nodes after aliases.
+    values = load_yaml(path, limit=MAX_CONFIG_BYTES, what="config file") or {}
     if not isinstance(values, dict):
         raise PrivatenetError(f"{path}: must be a mapping of option: value")
     commands = {name: _options(sp) for name, sp in _subparsers(parser).items()}
@@ -447,8 +440,8 @@ def _load_config_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> N
         if dest not in known_keys:
             close = difflib.get_close_matches(dest, known_keys, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise PrivatenetError(f"{path}: unknown option {key!r}{hint}; the keys are the long "
-                                  f"options of the subcommands: {', '.join(known_keys)}")
+            raise PrivatenetError(f"{path}: unknown option {brief(key)}{hint}; the keys are the "
+                                  f"long options of the subcommands: {', '.join(known_keys)}")
         if value is None:  # an empty value leaves the option at its default
             continue
         for name, options in commands.items():
@@ -458,7 +451,7 @@ def _load_config_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> N
             try:
                 action.default = _config_value(action, value)
             except ValueError as e:
-                raise PrivatenetError(f"{path}: {key}: {value!r} is invalid for "
+                raise PrivatenetError(f"{path}: {key}: {brief(value)} is invalid for "
                                       f"'{name} {action.option_strings[-1]}'; give {e}") from None
             action.required = False
 
@@ -685,16 +678,15 @@ def cmd_video(args) -> int:
 def cmd_bench(args) -> int:
     import torch
 
-    from privatenet.bench import format_table, measure
+    from privatenet.bench import check_out_file, format_table, measure
     from privatenet.train.checkpoint import write_json
 
     if args.threads is not None:
         if args.threads < 1:
             raise PrivatenetError(f"threads={args.threads} is invalid; give an integer >= 1")
         torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    if out.is_dir():
-        raise PrivatenetError(f"out={args.out!r} is a folder; give the JSON file to write")
+    # before any timing: a file the bench may not write over is refused at once
+    out = check_out_file(args.out)
     bars: dict = {}  # the current stage's bar
 
     def on_progress(stage: str, done: int, total: int) -> None:
@@ -715,8 +707,12 @@ def cmd_bench(args) -> int:
                      variants=args.variants, on_progress=on_progress)
     for bar in bars.values():
         bar.close()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(out, result)
+    check_out_file(out)  # again: the file may have appeared while the bench ran
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(out, result)
+    except OSError as e:
+        raise PrivatenetError(f"cannot write {out}: {e.strerror}; choose another --out") from None
     print(format_table(result))
     print(f"figures: {out}")
     return 0

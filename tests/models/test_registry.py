@@ -135,6 +135,16 @@ def test_resnet18_backbone_weights(tmp_path):
             torch.testing.assert_close(sd[key], value, rtol=0, atol=0)
 
 
+def test_backbone_weights_with_nan_or_inf_are_refused(tmp_path):
+    tv = torchvision.models.resnet18()
+    with torch.no_grad():
+        tv.layer2[0].conv1.weight[0, 0, 0, 0] = float("inf")
+    torch.save(tv.state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(PrivatenetError, match=r"r18\.pth: tensor 'layer2\.0\.conv1\.weight' "
+                                              "holds NaN or infinite values"):
+        create_model("resnet18", num_classes=3, backbone_weights=tmp_path / "r18.pth")
+
+
 def test_arm_small_is_cheap():
     model = create_model("arm_small", num_classes=7).eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():

@@ -32,6 +32,7 @@ from privatenet.train import distributed
 from privatenet.train.checkpoint import (
     atomic_write_bytes,
     atomic_write_text,
+    check_module_meta,
     checkpoint_digest,
     load_checkpoint_meta,
     load_module,
@@ -104,14 +105,21 @@ def _model_stem(run: str | Path) -> Path:
     return _stem(run, "model", "train")
 
 
-def load_model(run: str | Path, *, expect: str | None = None) -> tuple[torch.nn.Module, dict]:
-    """The trained network of a ``train`` job folder (or a ``model`` checkpoint stem)."""
-    return load_module(_model_stem(run), expect=expect)
+def load_model(run: str | Path, *, expect: str | None = None,
+               required: tuple[str, ...] = ()) -> tuple[torch.nn.Module, dict]:
+    """The trained network of a ``train`` job folder (or a ``model`` checkpoint stem); its
+    values and tensors are checked by :func:`~privatenet.train.checkpoint.load_module`
+    (``required``: the keys of its meta the caller uses)."""
+    return load_module(_model_stem(run), expect=expect, required=required)
 
 
 def model_meta(run: str | Path) -> dict:
-    """The plain values saved with the network of a ``train`` folder (data, classes, size)."""
-    return load_checkpoint_meta(_model_stem(run))
+    """The plain values saved with the network of a ``train`` folder (data, classes, size),
+    checked by :func:`~privatenet.train.checkpoint.check_module_meta` before they size any
+    data or network."""
+    stem = _model_stem(run)
+    return check_module_meta(load_checkpoint_meta(stem), stem.with_suffix(".json"),
+                             required=("data",))
 
 
 def _adversary_stem(run: str | Path) -> Path:
@@ -120,7 +128,7 @@ def _adversary_stem(run: str | Path) -> Path:
 
 def load_adversary(run: str | Path) -> tuple[torch.nn.Module, dict]:
     """The adversary head of an ``attack`` job folder (or an ``adversary`` checkpoint stem)."""
-    return load_module(_adversary_stem(run))
+    return load_module(_adversary_stem(run), required=("tap", "attribute", "classes"))
 
 
 def evaluate_task(model: torch.nn.Module, split: Split, column: str, num_classes: int,
@@ -276,7 +284,7 @@ def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config
         fingerprint["backbone_weights"] = file_digest(model_kwargs["backbone_weights"])
     init = None
     if init_from is not None:
-        init, init_meta = load_model(init_from, expect=model)
+        init, init_meta = load_model(init_from, expect=model, required=("classes",))
         check_classes(init_meta["classes"], data, target, init_from)
         fingerprint["init"] = checkpoint_digest(_model_stem(init_from))
     known: dict[str, torch.nn.Module | None] = {}

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from privatenet.app.jobs import file_digest
 from privatenet.errors import PrivatenetError
+from privatenet.readers import MAX_JSON_BYTES, read_bytes
 from privatenet.train.checkpoint import (
     atomic_write_bytes,
     checkpoint_digest,
@@ -87,7 +88,8 @@ def _model_identity(classifier) -> str:
 
     config = classifier.config
     if config["backend"] == "onnx":
-        return hashlib.sha256((Path(config["export"]) / "export.json").read_bytes()).hexdigest()
+        return hashlib.sha256(read_bytes(Path(config["export"]) / "export.json",
+                                         limit=MAX_JSON_BYTES)).hexdigest()
     run = Path(config["run"])
     return checkpoint_digest(run / "model" if run.is_dir() else run)
 

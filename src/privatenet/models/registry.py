@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from privatenet.errors import PrivatenetError
+from privatenet.readers import brief
 
 __all__ = ["create_model", "list_models", "model_from_config", "model_options", "model_taps",
            "register_family", "register_model", "register_wrapper"]
@@ -90,11 +91,12 @@ def _entry(name: str) -> _Entry:
         make_factory, archs = _FAMILIES[prefix]
         valid = archs()
         if arch not in valid:
-            raise PrivatenetError(f"unknown {prefix} model {arch!r}; valid: {', '.join(valid)}")
+            raise PrivatenetError(f"unknown {prefix} model {brief(arch)}; valid: "
+                                  f"{', '.join(valid)}")
         return _Entry(make_factory(arch), frozenset())
     if not isinstance(name, str) or name not in _MODELS:
         raise PrivatenetError(
-            f"unknown model {name!r}; valid models: {', '.join(list_models())}"
+            f"unknown model {brief(name)}; valid models: {', '.join(list_models())}"
             + "".join(f", {p}:<name>" for p in _FAMILIES)
         )
     return _MODELS[name]

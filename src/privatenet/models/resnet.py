@@ -13,6 +13,7 @@ import torchvision
 from torch import nn
 
 from privatenet.errors import PrivatenetError
+from privatenet.readers import brief
 
 # torchvision ResNet-18 children -> index in ``nn.Sequential(*children[:-2])``
 _RESNET_TO_FEATURES = {"conv1": 0, "bn1": 1, "layer1": 4, "layer2": 5, "layer3": 6, "layer4": 7}
@@ -45,6 +46,10 @@ def read_tensor_file(path: str | os.PathLike, what: str) -> Any:
 def unwrap_state_dict(obj: Any, path: Path, what: str,
                        wrappers: tuple[str, ...] = ("model_state_dict", "state_dict", "model")
                        ) -> dict[str, torch.Tensor]:
+    """The state dict of tensors in ``obj`` (read from ``path``), inside one of ``wrappers`` or
+    not, ``module.`` prefixes stripped; an entry that is not a tensor, or a floating-point
+    tensor holding NaN or Inf, is a one-line :class:`PrivatenetError` naming the file and the
+    entry."""
     if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
         for key in wrappers:
             if isinstance(obj.get(key), Mapping):
@@ -56,6 +61,13 @@ def unwrap_state_dict(obj: Any, path: Path, what: str,
     for key, value in obj.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             raise PrivatenetError(f"{path}: not a {what} (entry {key!r} is not a tensor)")
+        # Every file of external weights passes here (public checkpoints, backbone weights):
+        # NaN or Inf weights (a diverged training) would import and then predict garbage.
+        if (value.is_floating_point() or value.is_complex()) and not bool(
+                torch.isfinite(value).all()):
+            raise PrivatenetError(f"{path}: tensor {brief(key)} holds NaN or infinite values; the "
+                                  "weights are broken (a diverged or corrupt training), use "
+                                  "another checkpoint")
         state[key.removeprefix("module.")] = value
     return state
 

@@ -25,6 +25,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 from privatenet.errors import PrivatenetError
+from privatenet.readers import brief
 from privatenet.train import distributed
 from privatenet.train.checkpoint import read_json, write_json
 
@@ -117,7 +118,7 @@ def _read_marker(path: Path) -> dict:
 
 def _check_kind(path: Path, marker: dict, kind: str) -> None:
     if marker["kind"] != kind:
-        raise PrivatenetError(f"{path} holds a {marker['kind']!r} run, not a {kind!r} run; "
+        raise PrivatenetError(f"{path} holds a {brief(marker['kind'])} run, not a {kind!r} run; "
                               "choose another folder")
 
 

@@ -36,7 +36,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from privatenet.data.spec import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, check_image_size
 from privatenet.errors import PrivatenetError
+from privatenet.readers import brief
 from privatenet.video._deps import require
 from privatenet.video.detect import check_frame
 
@@ -237,9 +239,13 @@ def read_export(folder: str | os.PathLike) -> dict:
     if not isinstance(inp, dict):
         raise PrivatenetError(f"{path}: no 'input' object; {fix}")
     size = inp.get("size")
-    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 4096:
-        raise PrivatenetError(f"{path}: input.size {size!r} is not an image side in pixels; "
-                              f"{fix}")
+    try:  # the one image-size check of the package: what an export can have been made at
+        if size is None:
+            raise PrivatenetError("no size")
+        check_image_size(size)
+    except PrivatenetError:
+        raise PrivatenetError(f"{path}: input.size {brief(size)} is not an image side of "
+                              f"{MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE} pixels; {fix}") from None
     if inp.get("channels", 3) != 3:
         raise PrivatenetError(f"{path}: input.channels {inp.get('channels')!r}; only RGB (3) "
                               f"models can classify video frames; {fix}")
@@ -250,6 +256,9 @@ def read_export(folder: str | os.PathLike) -> dict:
     if any(s <= 0 for s in inp["std"]):
         raise PrivatenetError(f"{path}: input.std {inp['std']!r} must be positive; {fix}")
     _check_classes(doc.get("classes"), f"{path}")
+    for key in ("target", "tap"):  # copied into a video run's summary
+        if doc.get(key) is not None and not isinstance(doc[key], str):
+            raise PrivatenetError(f"{path}: {key} {brief(doc[key])} is not a name; {fix}")
     parts = doc.get("parts")
     for which in ("untrusted", "trusted"):
         part = parts.get(which) if isinstance(parts, dict) else None
@@ -258,6 +267,14 @@ def read_export(folder: str | os.PathLike) -> dict:
                 for k in ("file", "input_name", "output_name")):
             raise PrivatenetError(f"{path}: parts.{which} needs file, input_name and "
                                   f"output_name; {fix}")
+        if Path(part["file"]).name != part["file"] or part["file"] in (".", ".."):
+            raise PrivatenetError(f"{path}: parts.{which}.file {brief(part['file'])} is not a "
+                                  f"file name in the export folder; {fix}")
+        digest = part.get("sha256")
+        if digest is not None and not (isinstance(digest, str) and len(digest) == 64
+                                       and all(c in "0123456789abcdef" for c in digest)):
+            raise PrivatenetError(f"{path}: parts.{which}.sha256 {brief(digest)} is not a "
+                                  f"SHA-256 (64 hex digits); {fix}")
         file = folder / part["file"]
         if not file.is_file():
             raise PrivatenetError(f"{file}: not found (named by {path}); copy the whole "
@@ -292,8 +309,8 @@ class OnnxSplitClassifier:
             part = doc["parts"][which]
             file = self.folder / part["file"]
             blob = file.read_bytes()
-            digest = part.get("sha256")
-            if isinstance(digest, str) and hashlib.sha256(blob).hexdigest() != digest:
+            digest = part.get("sha256")  # checked by read_export: None or 64 hex digits
+            if digest is not None and hashlib.sha256(blob).hexdigest() != digest:
                 raise PrivatenetError(f"{file}: its SHA-256 differs from the one export.json "
                                       "records; the file was changed: export the model again")
             try:
@@ -310,8 +327,39 @@ class OnnxSplitClassifier:
                     f"{file}: has inputs {sorted(inputs)} and outputs {sorted(outputs)}, not "
                     f"{part['input_name']!r} -> {part['output_name']!r} as export.json says; "
                     "export the model again")
+            self._check_shapes(which, file, session, part)
             self._sessions[which] = session
             self._names[which] = (part["input_name"], part["output_name"])
+
+    def _check_shapes(self, which: str, file: Path, session, part: dict) -> None:
+        """One line naming export.json where the static dimensions that ``file`` declares
+        differ from those export.json gives (the crops' N x 3 x S x S input of the untrusted
+        part, one logit per class out of the trusted part); a dynamic dimension (a name, or
+        None) is not compared."""
+        def shape(args, name):
+            for arg in args:
+                if arg.name == name:
+                    return list(arg.shape) if arg.shape is not None else None
+            return None
+
+        if which == "untrusted":
+            declared = shape(session.get_inputs(), part["input_name"])
+            wanted = [None, 3, self.image_size, self.image_size]
+            what = f"input.size {self.image_size} (3 x {self.image_size} x {self.image_size})"
+        else:
+            declared = shape(session.get_outputs(), part["output_name"])
+            wanted = [None, len(self.classes)]
+            what = f"{len(self.classes)} classes"
+        if declared is None:
+            return
+        if len(declared) != len(wanted) or any(
+                isinstance(d, int) and w is not None and d != w
+                for d, w in zip(declared, wanted, strict=False)):
+            raise PrivatenetError(
+                f"{self.folder / 'export.json'}: {what} does not fit the shape "
+                f"{[d if isinstance(d, int) else 'N' for d in declared]} that {file.name} "
+                "declares; export.json was edited or is from another export: export the model "
+                "again")
 
     @property
     def config(self) -> dict:
