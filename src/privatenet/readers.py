@@ -147,8 +147,8 @@ def read_text(path: str | os.PathLike, *, limit: int, what: str = "file") -> str
 
 def _too_deep(path: object, max_depth: int) -> PrivatenetError:
     return PrivatenetError(f"{path}: nested more than {max_depth} levels deep (lists/mappings "
-                           "inside each other); the file is corrupt or not one privatenet "
-                           "wrote")
+                           "inside each other); the file is corrupt or not the one meant: "
+                           "pass the right file")
 
 
 def check_depth(value: Any, *, max_depth: int = MAX_DEPTH, where: object = "value") -> None:
