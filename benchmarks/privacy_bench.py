@@ -58,7 +58,7 @@ def _stats(row: dict, key: str) -> dict:
     value = {"utility": lambda r: r["utility"]["accuracy"],
              "known": lambda r: r["known"]["accuracy"],
              "audit": lambda r: r["audit"]["accuracy"],
-             "audit_leakage": lambda r: r["audit"]["normalized_leakage"],
+             "audit_leakage": lambda r: r["audit"]["leakage"],
              "compression": lambda r: r["audit"].get("compression", float("nan")),
              "train_seconds": lambda r: r["train_seconds"]}[key](row)
     return {"mean": value, "std": 0.0, "values": [value]}

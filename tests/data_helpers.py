@@ -19,7 +19,7 @@ def make_split(n: int = 48, size: int = 32, seed: int = 0) -> Split:
                  [f"img{i}" for i in range(n)])
 
 
-def write_manifest(folder, *, n_train: int = 40, n_test: int = 16, size: int = 32,
+def write_manifest(folder, *, n_train: int = 40, n_test: int = 24, size: int = 32,
                    grayscale: bool = True, seed: int = 0, splits=("train", "test")):
     """A manifest CSV of tiny PNGs with string labels: emotion (3 names) visible in the
     brightness, gender and age (2 names each) in a corner patch and in the contrast."""

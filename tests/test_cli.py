@@ -206,7 +206,7 @@ def test_import_checkpoint_refuses_nan_or_inf_weights(tmp_path, capsys):
 
 def test_reproduce_dry_run_lists_stages_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "r"
-    assert main(["reproduce", "--preset", "smoke", "--data", "synthfaces:n=60,size=32",
+    assert main(["reproduce", "--preset", "smoke", "--data", "synthfaces:n=150,size=32",
                  "--device", "cpu", "--dry-run", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "original" in printed and "to run" in printed and "training images/s" in printed

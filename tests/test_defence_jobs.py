@@ -21,7 +21,7 @@ CFG = TrainConfig(epochs=1, batch_size=16, device="cpu")
 @pytest.fixture
 def trained(tmp_path, make_manifest):
     """Data with an unknown gender in some rows, an original network and a known adversary."""
-    csv = make_manifest(tmp_path / "data", n_train=48, n_test=18)
+    csv = make_manifest(tmp_path / "data", n_train=48, n_test=24)
     lines = csv.read_text().splitlines()
     for i in (1, 2, 45, 50, 60):  # some train and test rows without a gender
         parts = lines[i].split(",")

@@ -14,7 +14,9 @@ The method in your own training loop::
     # pn.PrivacyRegularizer(None, loss="hsic", lam=0.5, num_classes=2) needs no adversary)
     loss = reg(task_loss, taps["backbone"], private)              # -1 = unknown label
     print(pn.leakage(pred, private, num_classes=2))
-    print(pn.audit(train_feats, s_train, test_feats, s_test, num_classes=2)["worst"])
+    # attackers on rows no part of the defence saw (attacker=None: cross-fitted on scoring)
+    print(pn.audit(scoring=(test_feats, s_test), attacker=(own_feats, s_own),
+                   num_classes=2)["worst"])
 
 See docs/design.md for the method and README.md for the command line.
 """

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from privatenet.data.base import Dataset, Split
+from privatenet.data.base import ATTACKER_SPLIT, Dataset, Split
 from privatenet.errors import PrivatenetError
 from privatenet.losses import LOSS_HELP, PRIVACY_LOSSES
 from privatenet.metrics import leakage
@@ -23,6 +23,7 @@ from privatenet.models import (
     create_adversary,
     create_model,
     default_adversary,
+    model_from_config,
     model_options,
     require_tap,
     tap_shapes,
@@ -526,26 +527,37 @@ AUDIT_IMAGE_SIDE = 16
 
 
 def audit_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str,
-              config: TrainConfig, out: str | Path, zoo: str = "quick", seeds: int = 1,
-              controls: bool = True, mdl: bool = True, on_attacker=None) -> dict:
+              config: TrainConfig, out: str | Path, zoo: str = "full", seeds: int = 1,
+              folds: int = 5, controls: bool = True, mdl: bool = True, in_sample: bool = False,
+              on_attacker=None) -> dict:
     """The worst-case leakage audit (:func:`privatenet.audit.audit`) of ``tap`` of a trained
-    network for ``attribute``, with three controls: the task output (the logits a deployment
-    reveals anyway: the floor), the same tap of a randomly initialised network of the same
-    architecture, and the image itself at 16x16 pixels (the ceiling). Writes ``audit.json``,
-    ``audit.md``, ``audit.png`` and ``results.json`` (the headline, written last) into ``out``;
-    the same call again returns the finished audit. ``controls=False`` and ``mdl=False`` leave
-    out the controls and the description length (Table 2's audit column needs neither)."""
+    network for ``attribute``, with attackers that never saw a defender row.
+
+    The scoring rows are the test split. The attackers train on the data set's ``attacker``
+    split when it has one (rows no part of a defence reads), else they are cross-fitted over
+    ``folds`` stratified folds of the test split and the result says they are data-limited.
+    The train split (the network's, and any known adversary's, eraser's or regularizer's rows)
+    is never an attacker's, except in the labelled ``in_sample`` column. Three controls go
+    through the same protocol: the task output (the logits a deployment reveals anyway: the
+    floor), the same tap of a randomly initialised network of the same architecture, and the
+    image itself at 16x16 pixels. Writes ``audit.json`` (with ``rows``: which split played which
+    role), ``audit.md``, ``audit.png`` and ``results.json`` (the headline, written last) into
+    ``out``; the same call again returns the finished audit. ``controls=False`` and
+    ``mdl=False`` leave out the controls and the description length (Table 2's audit column
+    needs neither)."""
     from torch.nn.functional import interpolate
 
     from privatenet.app.report import audit_markdown, plot_audit
-    from privatenet.audit import audit, check_audit_settings
-    from privatenet.models import model_from_config
+    from privatenet.audit import AUDIT_PROTOCOL, audit, check_audit_settings
 
-    check_audit_settings(zoo=zoo, seeds=seeds)
+    check_audit_settings(zoo=zoo, seeds=seeds, folds=folds)
     net, meta, train, test = _attacked_network(model_run, data, tap, attribute, "audit")
+    fresh = ATTACKER_SPLIT in data.splits
+    attackers = data.split(ATTACKER_SPLIT, [attribute]) if fresh else None
     settings = {"job": "audit", "data": data.name, "model_run": str(model_run), "tap": tap,
                 "attribute": attribute, "zoo": zoo, "seeds": seeds, "seed": config.seed,
-                "controls": controls, "mdl": mdl}
+                "folds": folds, "controls": controls, "mdl": mdl, "in_sample": in_sample,
+                "protocol": AUDIT_PROTOCOL}
     fingerprint = {"data": data_fingerprint(data),
                    "network": checkpoint_digest(_model_stem(model_run)),
                    "settings": {k: v for k, v in settings.items()
@@ -560,8 +572,13 @@ def audit_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str,
         write_yaml(run.path / "config.yaml", settings)
         net.to(device)
 
-        def features(model, split, which):
-            return extract(model, split.images, tap=which, batch_size=bs, device=device)
+        def features(model, which, transform=None):
+            """(attacker rows' or None, scoring rows') features of ``model`` at ``which``."""
+            def one(split):
+                if transform is not None:
+                    return transform(split)
+                return extract(model, split.images, tap=which, batch_size=bs, device=device)
+            return (one(attackers) if fresh else None), one(test)
 
         control_features = None
         if controls:
@@ -573,22 +590,34 @@ def audit_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str,
                                    mode="area").flatten(1)
 
             control_features = {
-                "task output": (features(net, train, None), features(net, test, None)),
-                "random network": (features(random_net, train, tap),
-                                   features(random_net, test, tap)),
-                f"image {AUDIT_IMAGE_SIDE}x{AUDIT_IMAGE_SIDE}": (image(train), image(test)),
+                "task output": features(net, None),
+                "random network": features(random_net, tap),
+                f"image {AUDIT_IMAGE_SIDE}x{AUDIT_IMAGE_SIDE}": features(None, None, image),
             }
-        train_feats, test_feats = features(net, train, tap), features(net, test, tap)
+        att_feats, test_feats = features(net, tap)
         heads = {}
         if zoo == "full":  # the model's head for this tap retrained, and a deeper one on maps
             kinds = [default_adversary(architecture(net), tap)] + (
-                ["conv"] if train_feats.dim() == 4 else [])
+                ["conv"] if test_feats.dim() == 4 else [])
             heads = {f"head:{k}": (lambda shape, n, k=k: create_adversary(
                 k, tap_shape=shape, num_classes=n)) for k in dict.fromkeys(kinds)}
-        result = audit(train_feats, train.labels[attribute], test_feats,
-                       test.labels[attribute], num_classes=len(data.classes[attribute]),
-                       zoo=zoo, seeds=seeds, controls=control_features, heads=heads, mdl=mdl,
-                       device=str(device), on_attacker=on_attacker)
+        result = audit(
+            scoring=(test_feats, test.labels[attribute]),
+            attacker=(att_feats, attackers.labels[attribute]) if fresh else None,
+            in_sample=((extract(net, train.images, tap=tap, batch_size=bs, device=device),
+                        train.labels[attribute]) if in_sample else None),
+            num_classes=len(data.classes[attribute]), zoo=zoo, seeds=seeds, folds=folds,
+            controls=control_features, heads=heads, mdl=mdl, device=str(device),
+            on_attacker=on_attacker)
+        result["rows"] = {
+            "scoring": {"split": "test", "rows": len(test)},
+            "attacker": ({"split": ATTACKER_SPLIT, "rows": len(attackers)} if fresh else
+                         {"split": "test", "rows": len(test),
+                          "how": f"cross-fitted: {folds} stratified folds, each scored by "
+                                 "attackers trained on the other folds only"}),
+            "defender": {"split": "train", "rows": len(train),
+                         "use": ("the in-sample column only" if in_sample else
+                                 "none: no attacker trains, tunes or standardises on it")}}
         result.update(tap=tap, attribute=attribute, classes=list(data.classes[attribute]),
                       model_run=str(model_run), data=data.name)
         write_json(run.path / "audit.json", result)
@@ -597,6 +626,8 @@ def audit_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str,
         atomic_write_bytes(run.path / "audit.png", plot_audit(result))
         headline = {"worst": result["worst"], "controls": {
             k: v["worst"] for k, v in result.get("controls", {}).items()},
-            "mdl": result.get("mdl"), "tap": tap, "attribute": attribute}
+            "mdl": result.get("mdl"), "protocol": result["protocol"],
+            "data_limited": result["data_limited"], "rows": result["rows"], "tap": tap,
+            "attribute": attribute}
         write_json(run.path / "results.json", headline)
     return result

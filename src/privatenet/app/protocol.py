@@ -36,7 +36,7 @@ from privatenet.app.jobs import (
     train_job,
 )
 from privatenet.app.latency import PRECISIONS, latency_ms
-from privatenet.audit import check_audit_settings
+from privatenet.audit import AUDIT_PROTOCOL, check_audit_rows, check_audit_settings
 from privatenet.data import load_dataset
 from privatenet.data.base import MISSING, Dataset
 from privatenet.data.cache import check_cache_dir
@@ -378,6 +378,9 @@ def _prepare(config: ProtocolConfig, out: str | Path, *, dry: bool) -> _Ready:
                                       f"with a known {c!r} label; label some or choose "
                                       "another column")
     data.check_train_classes(columns)
+    if config.audit_zoo != "none":  # the audit's attackers are scored on the test rows
+        for c in config.private:
+            check_audit_rows(data.splits["test"].labels[c], what=f"{c!r} in the test split")
     size = image_size_of(data)
     probe = build_model(config.model, num_classes=2, image_size=size)
     taps = list(config.taps or probe.taps)
@@ -526,7 +529,7 @@ def _one_seed(config: ProtocolConfig, task_cfg: TrainConfig, data, taps: list[st
         if config.audit_zoo == "none":
             return None
         key = {"network": net_hash, "tap": tap, "attribute": attr, "zoo": config.audit_zoo,
-               "seed": task_cfg.seed, "mdl": config.audit_mdl}
+               "seed": task_cfg.seed, "mdl": config.audit_mdl, "protocol": AUDIT_PROTOCOL}
         res, _, _ = stages.run(f"audit-{name}{tag}", key, lambda d: audit_job(
             data=data, model_run=net_dir, tap=tap, attribute=attr, config=task_cfg, out=d,
             zoo=config.audit_zoo, controls=False, mdl=config.audit_mdl), extracted(attr))
@@ -641,7 +644,7 @@ def _over_seeds(tables: list[list[dict]]) -> list[dict]:
             stats["accuracy"] = _stats([r["accuracy"] for r in rows])
         if first.get("audit"):
             stats["audit"] = _stats([r["audit"]["accuracy"] for r in rows])
-            stats["audit_leakage"] = _stats([r["audit"]["normalized_leakage"] for r in rows])
+            stats["audit_leakage"] = _stats([r["audit"]["leakage"] for r in rows])
             if "compression" in first["audit"]:
                 stats["compression"] = _stats([r["audit"]["compression"] for r in rows])
         if "train_seconds" in first:

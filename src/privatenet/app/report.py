@@ -47,14 +47,15 @@ def _acc(r: dict, key: str) -> str:
 
 
 def _audit(r: dict) -> str:
-    """The audit column: worst attacker, its accuracy (mean ± std over seeds) and leakage."""
+    """The audit column: the worst leakage over the zoo (mean ± std over seeds), its attacker,
+    and '+' where its learning curve still rose (a lower bound)."""
     a = r.get("audit")
     if not a:
         return "-"
     seeds = r.get("over_seeds", {})
-    acc = (f"{_pct(seeds['audit']['mean'])} ± {_pct(seeds['audit']['std'])}" if "audit" in seeds
-           else _pct(a["accuracy"]))
-    return f"{acc} ({a['attacker']}, {a['normalized_leakage']:+.3f})"
+    value = (f"{seeds['audit_leakage']['mean']:+.3f} ± {seeds['audit_leakage']['std']:.3f}"
+             if "audit_leakage" in seeds else f"{a['leakage']:+.3f}")
+    return f"{value} ({a['attacker']}{', rising' if a.get('still_rising') else ''})"
 
 
 def _loss_name(r: dict) -> str:
@@ -70,9 +71,14 @@ def tables_markdown(results: dict) -> str:
     cfg, u = results["config"], results["utility"]["original_report"]
     seeds = cfg.get("seed_list", [cfg["train"]["seed"]])
     over = results["utility"].get("over_seeds")
-    audit_note = (f" Audit: the worst case of the {cfg['audit_zoo']} attacker zoo retrained on "
-                  "the tap (accuracy, attacker, normalised leakage; docs/design.md §5)."
-                  if cfg.get("audit_zoo", "none") != "none" else "")
+    zoo = cfg.get("audit_zoo", "none")
+    audit_note = (f" Audit: the worst leakage over the {zoo} attacker zoo"
+                  + (" (a preview: the full zoo is the headline)" if zoo == "quick" else "")
+                  + ", the larger of (acc - majority) / (1 - majority) and (bal - 1/K) / "
+                  "(1 - 1/K), by attackers cross-fitted on the test rows (never on a row the "
+                  "network or a defence was fitted on; data-limited); 'rising': more attacker "
+                  "rows still helped, a lower bound (docs/design.md §5)."
+                  if zoo != "none" else "")
     parts = [
         f"Original network ({cfg['model']}, {cfg['target']}): accuracy {_pct(u['accuracy'])} % "
         f"(95 % CI {_ci(u)}), balanced accuracy {_pct(u['balanced_accuracy'])} %, majority "
@@ -85,7 +91,7 @@ def tables_markdown(results: dict) -> str:
         "leakage (acc - majority) / (1 - majority)." + audit_note,
         "",
         _table(["attribute", "source", "accuracy %", "95 % CI", "balanced %", "majority %",
-                "1/K %", "norm. leakage", "audit worst %"],
+                "1/K %", "norm. leakage", "audit leakage"],
                [[r["attribute"], r["source"], _acc(r, "accuracy"), _ci(r),
                  _pct(r["balanced_accuracy"]), _pct(r["majority"]), _pct(r["chance"]),
                  f"{r['normalized_leakage']:+.3f}", _audit(r)] for r in results["table1"]]),
@@ -98,7 +104,7 @@ def tables_markdown(results: dict) -> str:
         "alongside the network where there is one (co-trained), and the audit." + audit_note,
         "",
         _table(["loss", "tap", "attribute", "utility %", "K %", "K 95 % CI", "U %", "U 95 % CI",
-                "rob. K %", "rob. U %", "K norm.", "U norm.", "co-trained %", "audit worst %"],
+                "rob. K %", "rob. U %", "K norm.", "U norm.", "co-trained %", "audit leakage"],
                [[_loss_name(r), r["tap"], r["attribute"], _acc(r, "utility"), _acc(r, "known"),
                  _ci(r["known"]), _acc(r, "unknown"), _ci(r["unknown"]),
                  f"{r['robustness_known']:+.1f}", f"{r['robustness_unknown']:+.1f}",
@@ -110,7 +116,7 @@ def tables_markdown(results: dict) -> str:
         f"{cfg['sweep_attribute']}; lambda = 0 is the control network).",
         "",
         _table(["lambda", "utility %", "known %", "unknown %", "K norm.", "U norm.",
-                "audit worst %"],
+                "audit leakage"],
                [[f"{r['lam']:g}", _acc(r, "utility"), _acc(r, "known"), _acc(r, "unknown"),
                  f"{r['known_report']['normalized_leakage']:+.3f}",
                  f"{r['unknown_report']['normalized_leakage']:+.3f}", _audit(r)]
@@ -194,51 +200,85 @@ def _pm(r: dict, key: str, scale: float = 100.0, fmt: str = ".1f") -> str:
     return value + (f" ± {format(scale * std, fmt.lstrip('+'))}" if std else "")
 
 
-def audit_markdown(result: dict) -> str:
-    """The audit's tables: every attacker, the worst case, the description length and the
-    controls, all from ``result`` (as :func:`privatenet.audit.audit` returns it)."""
-    s = result["settings"]
+def _attacker_rows(attackers: dict) -> list[list[str]]:
     rows = []
-    for name, r in result["attackers"].items():
+    for name, r in attackers.items():
         if "skipped" in r:
-            rows.append([name, "-", "skipped: " + r["skipped"], "", "", "", "", "", ""])
+            rows.append([name, "-", "skipped: " + r["skipped"], "", "", "", "", "", "", ""])
             continue
         rows.append([name, r["input"], _pm(r, "accuracy"), _pct(r["balanced_accuracy"]),
                      _pct(r["majority"]), _pct(r["chance"]),
                      _pm(r, "normalized_leakage", 1.0, "+.3f"),
+                     _pm(r, "balanced_leakage", 1.0, "+.3f"),
                      "-" if r.get("auroc") is None else f"{r['auroc']:.3f}",
                      "; ".join(f"{k}={v:g}" for k, v in r["seeds"][0]["chosen"].items())])
-    w = result["worst"]
+    return rows
+
+
+_ATTACKER_HEADER = ["attacker", "input", "accuracy %", "balanced %", "majority %", "1/K %",
+                    "norm. leakage", "bal. leakage", "AUROC", "chosen (seed 0)"]
+
+
+def audit_markdown(result: dict) -> str:
+    """The audit's tables: the protocol and its rows, every attacker, the worst case with its
+    learning curve, the description length, the controls (the floor first) and the in-sample
+    column, all from ``result`` (as :func:`privatenet.audit.audit` returns it)."""
+    s, w = result["settings"], result["worst"]
+    if result.get("protocol") == "cross-fitted":
+        how = (f"cross-fitted over {s['folds']} stratified folds of the {s['n_scoring']} "
+               "scoring rows (each fold scored by attackers trained on the others): a "
+               "**data-limited** attacker, since a real one can collect more faces")
+    else:
+        how = (f"trained and tuned on {s['n_attacker']} attacker rows, scored on "
+               f"{s['n_scoring']} other rows")
+    curve = ", ".join(f"{float(k):.0%}: {v:+.3f}" for k, v in w["curve"].items())
     parts = [
-        f"**Worst case over the {s['zoo']} zoo: {w['attacker']}, normalised leakage "
-        f"{w['normalized_leakage']:+.3f}** (accuracy {_pct(w['accuracy'])} %, majority "
-        f"{_pct(w['majority'])} %, 1/K {_pct(w['chance'])} %; {s['seeds']} seed(s), choices on "
-        f"a {s['val_fraction']:.0%} validation part of the train split, "
-        f"{s['n_train']} train / {s['n_test']} test rows).",
+        f"**Worst case over the {s['zoo']} zoo: leakage {w['leakage']:+.3f} ({w['attacker']})**"
+        f"; accuracy-based {w['normalized_leakage']:+.3f} ({w['normalized_attacker']}, "
+        f"accuracy {_pct(w['accuracy'])} %, majority {_pct(w['majority'])} %), balanced "
+        f"{w['balanced_leakage']:+.3f} ({w['balanced_attacker']}, balanced accuracy "
+        f"{_pct(w['balanced_accuracy'])} %, 1/K {_pct(w['chance'])} %). Attackers {how}; no "
+        f"attacker saw a row the defence was fitted on; {s['seeds']} seed(s), choices on a "
+        f"{s['val_fraction']:.0%} validation part of the attacker rows.",
         "",
-        _table(["attacker", "input", "accuracy %", "balanced %", "majority %", "1/K %",
-                "norm. leakage", "AUROC", "chosen (seed 0)"], rows),
+        f"Learning curve of {w['attacker']} (share of its attacker rows: leakage): {curve}."
+        + (" **Still rising at 100 %: the figure is a lower bound; more attacker rows would "
+           "likely read more.**" if w["still_rising"] else ""),
     ]
+    if "rows" in result:
+        parts += ["", "Rows: " + "; ".join(f"{role}: {r['split']} split ({r['rows']} rows"
+                                            + (f", {r['how']}" if "how" in r else "")
+                                            + (f"; {r['use']}" if "use" in r else "") + ")"
+                                            for role, r in result["rows"].items()) + "."]
+    parts += ["", _table(_ATTACKER_HEADER, _attacker_rows(result["attackers"]))]
     if "mdl" in result:
         m = result["mdl"]
         parts += ["", f"Online description length (logistic probe, C={m['C']:g}): "
-                      f"{m['codelength_bits']:.0f} bits against {m['uniform_bits']:.0f} for the "
-                      f"uniform code, compression {m['compression']:.2f} (1 = the features say "
-                      "nothing)."]
+                      f"{m['codelength_bits']:.0f} bits against {m['prior_bits']:.0f} for the "
+                      f"labels' own prior, compression {m['compression']:.2f} (1 = the features "
+                      "say nothing beyond the class balance)."]
     if result.get("controls"):
-        crow = [[name, c["worst"]["attacker"], _pct(c["worst"]["accuracy"]),
+        crow = [[name, c["worst"]["attacker"], f"{c['worst']['leakage']:+.3f}",
                  f"{c['worst']['normalized_leakage']:+.3f}",
+                 f"{c['worst']['balanced_leakage']:+.3f}",
                  f"{c['mdl']['compression']:.2f}" if "mdl" in c else "-"]
                 for name, c in result["controls"].items()]
-        parts += ["", "Controls (the same zoo on other features of the same images):", "",
-                  _table(["control", "worst attacker", "accuracy %", "norm. leakage",
-                          "compression"], crow)]
+        parts += ["", "Controls (the same protocol on other features of the same rows; the task "
+                      "output is the floor: what the deployment's output alone reveals):", "",
+                  _table(["control", "worst attacker", "leakage", "norm. leakage",
+                          "bal. leakage", "compression"], crow)]
+    if result.get("in_sample"):
+        i = result["in_sample"]["worst"]
+        parts += ["", f"In-sample column (NOT a privacy measure: the zoo trained on the "
+                      f"{s['n_in_sample']} defender rows, the rows the defence was fitted on, "
+                      f"scored on the same scoring rows): worst leakage {i['leakage']:+.3f} "
+                      f"({i['attacker']})."]
     return "\n".join(parts) + "\n"
 
 
 def plot_audit(result: dict) -> bytes:
-    """Bar chart: normalised leakage per attacker (error bars: std over seeds), the controls'
-    worst cases as vertical lines."""
+    """Bar chart: leakage per attacker (the larger of the accuracy-based and the balanced
+    figure; error bars: std over seeds), the controls' worst cases as vertical lines."""
 
     import matplotlib
 
@@ -248,16 +288,17 @@ def plot_audit(result: dict) -> bytes:
     scored = {k: v for k, v in result["attackers"].items() if "skipped" not in v}
     fig, ax = plt.subplots(figsize=(6.4, 1.2 + 0.45 * len(scored)), dpi=120)
     names = list(scored)
-    ax.barh(names, [scored[k]["normalized_leakage"] for k in names],
-            xerr=[scored[k].get("normalized_leakage_std", 0.0) for k in names],
+    ax.barh(names, [scored[k]["leakage"] for k in names],
+            xerr=[scored[k].get("leakage_std", 0.0) for k in names],
             color="tab:red", alpha=0.8)
     styles = iter(["--", ":", "-.", (0, (5, 2, 1, 2))])
     for name, c in result.get("controls", {}).items():
-        ax.axvline(c["worst"]["normalized_leakage"], color="black", lw=1, ls=next(styles, "--"),
+        ax.axvline(c["worst"]["leakage"], color="black", lw=1, ls=next(styles, "--"),
                    label=f"{name} (worst case)")
     ax.axvline(0.0, color="gray", lw=0.8)
     ax.set_xlim(min(-0.1, ax.get_xlim()[0]), 1.0)
-    ax.set_xlabel("normalised leakage (acc - majority) / (1 - majority)")
+    ax.set_xlabel("leakage: the larger of (acc - majority) / (1 - majority) and "
+                  "(bal - 1/K) / (1 - 1/K)")
     ax.invert_yaxis()
     if result.get("controls"):
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=2,

@@ -22,6 +22,10 @@ from privatenet.errors import PrivatenetError
 #: empty manifest cell). Such rows are dropped, for every column at once, whenever that column
 #: is used.
 MISSING = -1
+#: The split of rows held out for attackers (docs/design.md §5): no part of a defence (network
+#: training, a known adversary, an eraser, a regularizer) ever reads it; the leakage audit
+#: trains its attackers on it when a data set has it.
+ATTACKER_SPLIT = "attacker"
 
 
 @dataclass

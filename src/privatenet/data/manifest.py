@@ -22,7 +22,7 @@ import logging
 import re
 from pathlib import Path
 
-from privatenet.data.base import MISSING, Dataset
+from privatenet.data.base import ATTACKER_SPLIT, MISSING, Dataset
 from privatenet.data.cache import check_cache_dir, decode_splits
 from privatenet.data.spec import check_image_size, parse_spec
 from privatenet.errors import PrivatenetError
@@ -31,8 +31,9 @@ __all__ = ["load_manifest", "MAX_CLASSES", "SPLITS"]
 
 log = logging.getLogger(__name__)
 
-#: Allowed values of the ``split`` column.
-SPLITS = ("train", "test", "val")
+#: Allowed values of the ``split`` column (``attacker``: rows held out for the audit's
+#: attackers, never trained on by a defence).
+SPLITS = ("train", "test", "val", ATTACKER_SPLIT)
 
 #: Most classes an integer label column may have. Integer labels are class indices and every
 #: index up to the largest becomes a class, so one mistyped label such as 1000000000 would
