@@ -68,6 +68,20 @@ def test_ensemble_reports_its_co_trained_adversary(trained, tmp_path):
     assert not (tmp_path / "conf").exists()
 
 
+def test_hsic_leace_splits_the_controls_budget_between_its_two_steps(trained, tmp_path):
+    import dataclasses
+    import json
+
+    data, original, known = trained
+    out = tmp_path / "hl"
+    res = train_job(data=data, out=out, model="small_cnn", target="emotion",
+                    config=dataclasses.replace(CFG, epochs=2), init_from=original,
+                    privacy=_privacy("hsic+leace", str(known)))
+    assert len(res["history"]) == 2  # one hsic epoch, one after the erasure: not 2 + 2
+    assert json.loads((out / "run.json").read_text())["fingerprint"]["epochs"] == {
+        "hsic": 1, "erased": 1}
+
+
 @pytest.mark.parametrize("loss", ["leace", "hsic+leace"])
 def test_leace_erases_the_tap_and_the_network_loads_again(trained, tmp_path, loss):
     from privatenet.train.loop import extract
@@ -83,7 +97,8 @@ def test_leace_erases_the_tap_and_the_network_loads_again(trained, tmp_path, los
     feats = extract(net, train.images, tap="pool")
     means = [feats[train.labels["gender"] == k].mean(0) for k in (0, 1)]
     assert torch.allclose(means[0], means[1], atol=1e-3)
-    assert len(res["history"]) == (1 if loss == "leace" else 2)
+    # every defence trains for the control's budget (hsic+leace splits it between its steps)
+    assert len(res["history"]) == CFG.epochs
     with pytest.raises(PrivatenetError, match="single private attribute"):
         train_job(data=data, out=tmp_path / "two", model="small_cnn", target="emotion",
                   config=CFG, init_from=original,

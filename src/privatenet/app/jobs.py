@@ -10,6 +10,7 @@ checks every input first, then claims its folder (:func:`~privatenet.train.rundi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -317,6 +318,12 @@ def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config
     if erase and (init is None or len(private) != 1):
         raise PrivatenetError(f"{privacy['loss']} erases one private attribute at the tap of a "
                               "trained network: pass init_from and a single private attribute")
+    # One training budget for every defence (the lambda = 0 control's): hsic+leace splits its
+    # epochs between the hsic training and the fine-tuning after the erasure.
+    erase_epochs = (config.epochs // 2 if privacy is not None and privacy["loss"] == "hsic+leace"
+                    else config.epochs)
+    if erase and privacy["loss"] == "hsic+leace":
+        fingerprint["epochs"] = {"hsic": config.epochs - erase_epochs, "erased": erase_epochs}
     if privacy is not None and privacy["loss"] != "leace":
         require_tap(net, privacy["tap"])
         shape = tap_shapes(net, image_size=image_size_of(data))[privacy["tap"]]
@@ -339,15 +346,17 @@ def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config
             write_yaml(run.path / "config.yaml", settings)
         history = []
         if not erase or regularizers:
-            history = fit(model=net, train=train, target=target, config=config,
+            first = dataclasses.replace(config, epochs=config.epochs - erase_epochs) if erase \
+                else config
+            history = fit(model=net, train=train, target=target, config=first,
                           regularizer=regularizers or None,
                           tap=[privacy["tap"]] * len(private) if regularizers else None,
                           private=private if regularizers else None,
                           run_dir=run.path / "train", resume=resume, callbacks=callbacks)
         if erase:
             net, more = _erase_and_finetune(net, train, data, privacy["tap"], private[0],
-                                            target, config, run.path / "erased", resume,
-                                            callbacks)
+                                            target, config, erase_epochs, run.path / "erased",
+                                            resume, callbacks)
             history += more
         results = {"utility": evaluate_task(net, test, target, num_classes, config),
                    "history": history}
@@ -363,13 +372,13 @@ def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config
 
 
 def _erase_and_finetune(net: torch.nn.Module, train: Split, data: Dataset, tap: str,
-                        attribute: str, target: str, config: TrainConfig, run_dir: Path,
-                        resume: bool, callbacks: Callbacks | None
+                        attribute: str, target: str, config: TrainConfig, epochs: int,
+                        run_dir: Path, resume: bool, callbacks: Callbacks | None
                         ) -> tuple[torch.nn.Module, list[dict]]:
     """LEACE at ``tap`` fitted on ``net``'s train features (docs/design.md §2.2), the layers
-    before the tap frozen, then the layers after it fine-tuned for ``config.epochs``. The
-    eraser is a deterministic function of the network and the data, so a resumed run rebuilds
-    the same one and continues the fine-tuning from its checkpoint."""
+    before the tap frozen, then the layers after it fine-tuned for ``epochs`` (none for 0).
+    The eraser is a deterministic function of the network and the data, so a resumed run
+    rebuilds the same one and continues the fine-tuning from its checkpoint."""
     from privatenet.erasure import erase_at_tap, fit_eraser
 
     device = resolve_device(config.device)
@@ -379,7 +388,10 @@ def _erase_and_finetune(net: torch.nn.Module, train: Split, data: Dataset, tap: 
                         num_classes=len(data.classes[attribute]))
     del feats
     erased = erase_at_tap(net.cpu(), tap=tap, eraser=eraser, image_size=image_size_of(data))
-    history = fit(model=erased, train=train, target=target, config=config, run_dir=run_dir,
+    if epochs == 0:
+        return erased, []
+    history = fit(model=erased, train=train, target=target,
+                  config=dataclasses.replace(config, epochs=epochs), run_dir=run_dir,
                   resume=resume, callbacks=callbacks)
     return erased, history
 

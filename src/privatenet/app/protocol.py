@@ -583,6 +583,8 @@ def _one_seed(config: ProtocolConfig, task_cfg: TrainConfig, data, taps: list[st
                 key["form"] = "-log(1-p_true)"
             if loss in ERASING:  # dims constant on the fitting rows are left alone
                 key["eraser"] = "constant-dims-kept"
+            if loss == "hsic+leace":  # the control's epochs, split between its two steps
+                key["budget"] = "equal"
             name = f"private-{loss}-{tap}-{attr}-lam{lam:g}"
             net, net_dir, net_hash = stages.run(name + tag, key, lambda d: train_job(
                 data=data, out=d, model=config.model, target=config.target, config=priv_cfg,
