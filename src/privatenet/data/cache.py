@@ -30,6 +30,7 @@ from privatenet.data.spec import (
     check_image_size,
 )
 from privatenet.errors import PrivatenetError
+from privatenet.runfiles import MARKER
 
 __all__ = ["decode_images", "decode_splits", "cache_key", "file_hashes", "resolve_image_size"]
 
@@ -77,8 +78,6 @@ def check_cache_dir(cache_dir: object, *, out: str | os.PathLike | None = None) 
         raise PrivatenetError(
             f"cache directory {path} exists but is not a directory; give a directory path"
         )
-    from privatenet.train.rundir import MARKER  # here: the train package imports torch code
-
     full = path.expanduser().resolve()
     if out is not None and not (isinstance(out, str) and not out.strip()):
         run = Path(out).expanduser().resolve()

@@ -26,14 +26,11 @@ from pathlib import Path
 
 from privatenet.errors import PrivatenetError
 from privatenet.readers import brief
+from privatenet.runfiles import LOCK, MARKER, RESULTS
 from privatenet.train import distributed
 from privatenet.train.checkpoint import read_json, write_json
 
 log = logging.getLogger(__name__)
-
-MARKER = "run.json"
-LOCK = "run.lock"
-RESULTS = "results.json"
 
 
 class Run:
