@@ -46,6 +46,7 @@ from privatenet.app.jobs import DEFENCES, load_model
 from privatenet.app.protocol import reproduce, resolve_config
 from privatenet.audit import audit
 from privatenet.data import load_dataset
+from privatenet.train.config import resolve_device
 from privatenet.train.loop import extract
 
 #: The data sets: reproduce settings on top of the demo preset.
@@ -99,6 +100,7 @@ def bench(name: str, *, seeds: int, out: Path, device: str, zoo: str = "full") -
                                  "lambdas": [0.5], "audit_zoo": zoo, "audit_mdl": True,
                                  "device": device}
     start = time.perf_counter()
+    dev = str(resolve_device(device))  # for this script's own passes over the test rows
     per_seed = []
     for seed in range(seeds):
         config = resolve_config("demo", settings | {"seed": seed})
@@ -113,13 +115,12 @@ def bench(name: str, *, seeds: int, out: Path, device: str, zoo: str = "full") -
         rows = {}
         for r in res["table2"]:
             net, _ = load_model(r["network"])
-            pred = extract(net, test.images, tap=None, batch_size=256, device=device).argmax(1)
+            pred = extract(net, test.images, tap=None, batch_size=256, device=dev).argmax(1)
             correct = (pred == test.labels[config.target]).numpy().astype(float)
             rows[CONTROL if r["loss"] == "none" else r["loss"]] = {
                 "utility": r["utility"]["accuracy"], "correct": correct,
                 "known": r["known"]["accuracy"], "audit": r["audit"],
-                "floor": _floor(r["network"], data.split("test", [attr]), attr, k, device,
-                                zoo),
+                "floor": _floor(r["network"], data.split("test", [attr]), attr, k, dev, zoo),
                 "train_seconds": r["train_seconds"]}
         per_seed.append({"utility": res["utility"]["original"]["accuracy"], "rows": rows})
     control = [s["rows"][CONTROL] for s in per_seed]
