@@ -110,6 +110,18 @@ def test_an_eraser_fitted_on_few_wide_rows_is_caught_on_fresh_rows():
     assert result["attackers"]["logistic"]["leakage"] > 0.5
 
 
+def test_a_rare_class_with_one_row_does_not_break_any_attacker():
+    # An age group with a single test row: each family still fits on every fold (early
+    # stopping, which needs a stratified hold-out, gives way to the full training budget).
+    rng = np.random.default_rng(0)
+    y = np.concatenate([rng.integers(0, 4, 119), [4]])
+    x = rng.normal(size=(120, 6)).astype(np.float32)
+    x[:, 0] += y
+    result = audit(scoring=(x, y), num_classes=5, zoo="full", curve=(0.5,), mdl=False)
+    assert all("skipped" not in a for a in result["attackers"].values())
+    assert result["attackers"]["boosted_trees"]["n"] == 120
+
+
 def test_a_too_wide_input_is_skipped_with_a_reason_or_pooled():
     xtr, ytr, xte, yte = _data(shape=(1500,))
     result = _fresh(xtr, ytr, xte, yte, num_classes=2, mdl=False, zoo="quick", curve=())

@@ -146,6 +146,11 @@ def _fit(family: Attacker, params: dict, seed: int, x: np.ndarray, y: np.ndarray
         model = previous.set_params(warm_start=True, **params)
     else:
         model = family.build(params, seed)
+    if model.get_params().get("early_stopping") and _stratify(
+            y, model.get_params()["validation_fraction"] or 0.1) is None:
+        # Early stopping holds out a stratified part of the rows, which a class of one row
+        # (or too few rows for every class) cannot give: train for the full budget instead.
+        model.set_params(early_stopping=False)
     if family.scale:
         model = make_pipeline(StandardScaler(), model)
     with warnings.catch_warnings():
