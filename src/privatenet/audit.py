@@ -351,7 +351,7 @@ def _summary(view: str, runs: list[dict], curve: dict[float, list[float]]) -> di
 
 
 def _run_attacker(predict: Predictor, view: str, xa, ya, xs, ys, *, num_classes: int,
-                  seeds: int, folds: int) -> dict:
+                  seeds: int, folds: int) -> tuple[dict, Callable[[float], list[dict]]]:
     """An attacker on all the attacker rows, ``seeds`` seeds (the report of :func:`_summary`);
     its ``rerun(share)`` gives the mean leakage on a share of them (the learning curve)."""
     def rerun(share: float) -> list[dict]:
