@@ -256,8 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="repeat Tables 1-2 and the sweep for seeds seed..seed+N-1 and report "
                         "mean and std (default 1, at most 100)")
     g.add_argument("--audit-zoo", choices=("quick", "full", "none"), default=None,
-                   help="attacker zoo of the audit column in Tables 1-2 (default quick; none "
-                        "leaves the column out)")
+                   help="attacker zoo of the audit column in Tables 1-2 (default full, the "
+                        "headline; the demo and smoke presets use quick, a preview; none leaves "
+                        "the column out)")
     g.add_argument("--latency-precision", choices=("fp32", "bf16"), default=None,
                    help="Table 3 precision (default fp32, the paper's)")
     g = p.add_argument_group("optimisation")
