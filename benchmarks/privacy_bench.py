@@ -46,6 +46,7 @@ from privatenet.app.jobs import DEFENCES, load_model
 from privatenet.app.protocol import reproduce, resolve_config
 from privatenet.audit import audit
 from privatenet.data import load_dataset
+from privatenet.data.base import MISSING
 from privatenet.train.config import resolve_device
 from privatenet.train.loop import extract
 
@@ -84,16 +85,6 @@ def paired_interval(correct: list[np.ndarray], control: list[np.ndarray], *, n_b
     return [float(lo), float(hi)]
 
 
-def _floor(net_dir: str, test, attribute: str, num_classes: int, device: str, zoo: str
-           ) -> float:
-    """The worst leakage of the zoo on the network's task output (cross-fitted on the test
-    rows): what the deployment reveals anyway."""
-    net, _ = load_model(net_dir)
-    logits = extract(net, test.images, tap=None, batch_size=256, device=device)
-    return audit(scoring=(logits, test.labels[attribute]), num_classes=num_classes,
-                 zoo=zoo, curve=(), mdl=False)["worst"]["leakage"]
-
-
 def bench(name: str, *, seeds: int, out: Path, device: str, zoo: str = "full") -> dict:
     """One data set's reproduce runs (one per seed) and its defence table."""
     settings = DATASETS[name] | {"taps": ["backbone"], "losses": list(DEFENCES),
@@ -110,17 +101,21 @@ def bench(name: str, *, seeds: int, out: Path, device: str, zoo: str = "full") -
                             file=sys.stderr, flush=True))
         data = load_dataset(config.data, image_size=config.image_size)
         attr = config.private[0]
-        test = data.split("test", [config.target])
-        k = len(data.classes[attr])
+        test = data.splits["test"]
+        known = test.labels[config.target] != MISSING  # utility: every row with a known target
         rows = {}
         for r in res["table2"]:
             net, _ = load_model(r["network"])
-            pred = extract(net, test.images, tap=None, batch_size=256, device=dev).argmax(1)
-            correct = (pred == test.labels[config.target]).numpy().astype(float)
+            logits = extract(net, test.images, tap=None, batch_size=256, device=dev)
+            correct = (logits[known].argmax(1) == test.labels[config.target][known])
+            # The floor: the zoo on the task output, what the deployment reveals anyway
+            # (cross-fitted on the test rows; rows of unknown attribute are dropped).
+            floor = audit(scoring=(logits, test.labels[attr]),
+                          num_classes=len(data.classes[attr]), zoo=zoo, curve=(),
+                          mdl=False)["worst"]["leakage"]
             rows[CONTROL if r["loss"] == "none" else r["loss"]] = {
-                "utility": r["utility"]["accuracy"], "correct": correct,
-                "known": r["known"]["accuracy"], "audit": r["audit"],
-                "floor": _floor(r["network"], data.split("test", [attr]), attr, k, dev, zoo),
+                "utility": r["utility"]["accuracy"], "correct": correct.numpy().astype(float),
+                "known": r["known"]["accuracy"], "audit": r["audit"], "floor": floor,
                 "train_seconds": r["train_seconds"]}
         per_seed.append({"utility": res["utility"]["original"]["accuracy"], "rows": rows})
     control = [s["rows"][CONTROL] for s in per_seed]
