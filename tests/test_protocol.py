@@ -17,9 +17,10 @@ def _check_report(r):
 
 
 def test_smoke_reproduce_on_a_grayscale_string_label_manifest(tmp_path, make_manifest):
-    csv = make_manifest(tmp_path / "data", grayscale=True)
-    config = resolve_config("smoke", {"data": f"manifest:{csv}", "taps": ["pool"],
-                                      "device": "cpu"})
+    csv = make_manifest(tmp_path / "data", grayscale=True, n_train=120)
+    settings = {"data": f"manifest:{csv}", "taps": ["pool"], "device": "cpu",
+                "attacker_share": 0.25}
+    config = resolve_config("smoke", settings)
     out = tmp_path / "run"
     before = plan(config=config, out=out, measure_steps=1)
     assert not out.exists()  # a dry run writes nothing
@@ -32,7 +33,11 @@ def test_smoke_reproduce_on_a_grayscale_string_label_manifest(tmp_path, make_man
         st["folder"] for st in results["stages"]} == {st["folder"] for st in before["stages"]}
     passes = {st["stage"]: (st["train_passes"], st["forward_passes"])
               for st in before["stages"]}
-    n_train = len(load_dataset(config.data).split("train", ["emotion"]))
+    # a quarter of every stratum of the train rows went to the attacker before any training
+    n_all = len(load_dataset(config.data).split("train", ["emotion"]))
+    n_attacker = results["rows"]["attacker"]
+    n_train = results["rows"]["train"]
+    assert n_train + n_attacker == n_all and n_attacker == pytest.approx(n_all / 4, abs=6)
     n_test = results["utility"]["original_report"]["n"]
     assert passes["original"] == (config.train.epochs * n_train, n_test)
     assert passes["attack-original-pool-gender"][0] == 0  # features only: no training pass
@@ -53,14 +58,17 @@ def test_smoke_reproduce_on_a_grayscale_string_label_manifest(tmp_path, make_man
         assert r["tap"] == "pool"
         _check_report(r["known"])
         _check_report(r["unknown"])
-        # the audit column: the quick zoo's worst case on the network's tap, cross-fitted on
-        # the test rows (never the train rows the networks were fitted on)
+        # the audit column: the quick zoo's worst case on the network's tap, by attackers
+        # trained on the carved attacker rows (never the train rows the networks were fitted
+        # on), scored on the test rows
         name = (f"finetune-{r['tap']}-{r['attribute']}" if r["loss"] == "none" else
                 f"private-{r['loss']}-{r['tap']}-{r['attribute']}-lam{r['lam']:g}")
         stage = next(st["folder"] for st in results["stages"] if st["stage"] == "audit-" + name)
         full = json.loads((out / stage / "audit.json").read_text())
-        assert full["rows"]["attacker"]["split"] == "test" and full["data_limited"]
-        assert full["rows"]["defender"]["split"] == "train"
+        assert full["rows"]["attacker"] == {"split": "attacker", "rows": n_attacker}
+        assert not full["data_limited"]
+        assert full["rows"]["defender"] == {"split": "train", "rows": n_train} | {
+            k: v for k, v in full["rows"]["defender"].items() if k not in ("split", "rows")}
         assert r["audit"]["leakage"] == max(
             max(a["normalized_leakage"], a["balanced_leakage"])
             for a in full["attackers"].values())
@@ -95,13 +103,11 @@ def test_smoke_reproduce_on_a_grayscale_string_label_manifest(tmp_path, make_man
     def ran(res):
         return {s["stage"] for s in res["stages"] if not s["cached"]}
 
-    more = resolve_config("smoke", {"data": f"manifest:{csv}", "taps": ["pool"],
-                                    "device": "cpu", "lambdas": [0.0, 0.3, 1.0]})
+    more = resolve_config("smoke", settings | {"lambdas": [0.0, 0.3, 1.0]})
     assert ran(reproduce(config=more, out=out)) == {
         "private-confusion-pool-age-lam0.3", "attack-private-confusion-pool-age-lam0.3",
         "audit-private-confusion-pool-age-lam0.3"}
-    longer = resolve_config("smoke", {"data": f"manifest:{csv}", "taps": ["pool"],
-                                      "device": "cpu", "adversary_epochs": 2})
+    longer = resolve_config("smoke", settings | {"adversary_epochs": 2})
     res = reproduce(config=longer, out=out)
     every = {s["stage"] for s in res["stages"]}
     assert every - ran(res) == {"original", "image-gender", "image-age", "latency-original",
@@ -194,7 +200,7 @@ def test_a_dry_run_reads_an_image_cache_but_never_writes_one(tmp_path, make_mani
     csv = make_manifest(tmp_path / "d")
     cache, out = tmp_path / "cache", tmp_path / "r"
     config = resolve_config("smoke", {"data": f"manifest:{csv}", "cache_dir": str(cache),
-                                      "device": "cpu"})
+                                      "device": "cpu", "attacker_share": 0})
     assert plan(config=config, out=out, measure_steps=1)["stages"]
     assert not cache.exists() and not out.exists()
     load_dataset(f"manifest:{csv}", cache_dir=cache)  # a real run writes it

@@ -180,7 +180,7 @@ def test_a_corrupt_cached_stage_says_how_to_recompute_it(data, tmp_path, capsys)
     out = tmp_path / "rep"
     argv = ["reproduce", "--preset", "smoke", "--data", f"manifest:{csv}", "--taps", "pool",
             "--private", "gender", "--losses", "confusion", "--lambdas", "0",
-            "--device", "cpu", "--out", str(out)]
+            "--attacker-share", "0", "--device", "cpu", "--out", str(out)]
     assert main(argv) == 0
     stage = next((out / "stages").glob("original-*"))
     (stage / "results.json").write_text("{ not json")
@@ -227,7 +227,9 @@ def test_reproduce_refuses_bad_lists_taps_and_columns_before_its_folder_exists(d
             ("--lambdas", "0,0.0", "twice"), ("--taps", "pool,pool", "twice"),
             ("--private", "age,age", "twice"), ("--losses", "leace,leace", "twice"),
             ("--taps", "arm", "no tap 'arm'"), ("--private", "race", "'race'"),
-            ("--target", "mood", "'mood'")):
+            ("--target", "mood", "'mood'"), ("--attacker-share", "0.9", "0..0.5"),
+            # 40 train rows: a fifth of them is too few for an audit's attacker
+            ("--attacker-share", "0.2", "attacker-share (now 0.2)")):
         _fails(capsys, _reproduce(csv, out, option, value), needle)
         assert not out.exists()
 

@@ -259,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attacker zoo of the audit column in Tables 1-2 (default full, the "
                         "headline; the demo and smoke presets use quick, a preview; none leaves "
                         "the column out)")
+    g.add_argument("--attacker-share", type=float, default=None,
+                   help="share of the train split carved out for the audit's attackers before "
+                        "any training (default 0.2, at most 0.5; 0: none, the audit cross-fits "
+                        "on the test rows); a data set's own attacker split is used as it is")
     g.add_argument("--latency-precision", choices=("fp32", "bf16"), default=None,
                    help="Table 3 precision (default fp32, the paper's)")
     g = p.add_argument_group("optimisation")
@@ -786,7 +790,8 @@ def cmd_reproduce(args) -> int:
         "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
         "adversarial_update": args.adversarial_update, "backbone_weights": args.backbone_weights,
         "seeds": args.seeds, "latency_precision": args.latency_precision,
-        "audit_zoo": args.audit_zoo, **_speed_settings(args)}
+        "audit_zoo": args.audit_zoo, "attacker_share": args.attacker_share,
+        **_speed_settings(args)}
     config = resolve_config(args.preset, overrides)
     if args.dry_run:
         return _print_plan(config, args.out)

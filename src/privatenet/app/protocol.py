@@ -38,7 +38,13 @@ from privatenet.app.jobs import (
 from privatenet.app.latency import PRECISIONS, latency_ms
 from privatenet.audit import AUDIT_PROTOCOL, check_audit_rows, check_audit_settings
 from privatenet.data import load_dataset
-from privatenet.data.base import MISSING, Dataset
+from privatenet.data.base import (
+    ATTACKER_SPLIT,
+    MISSING,
+    Dataset,
+    carve_attacker_split,
+    check_attacker_share,
+)
 from privatenet.data.cache import check_cache_dir
 from privatenet.data.spec import DataSpec, check_image_size, parse_spec
 from privatenet.errors import PrivatenetError
@@ -91,6 +97,9 @@ class ProtocolConfig:
     backbone_weights: str | None = None  # torchvision ResNet-18 weights (the paper: ImageNet)
     seeds: int = 1  # Tables 1-2 and the sweep as mean and std over seeds seed, seed+1, ...
     audit_zoo: str = "full"  # the audit column's attacker zoo; "none" leaves the column out
+    # Share of the train split carved out for the audit's attackers before anything is trained
+    # (docs/design.md §5); 0, or a data set with its own attacker split, carves nothing.
+    attacker_share: float = 0.2
     audit_mdl: bool = False  # add the online description length to the audit column
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=200))
     adversary_epochs: int = 200
@@ -144,6 +153,7 @@ class ProtocolConfig:
             raise PrivatenetError(f"audit_mdl={self.audit_mdl!r} is invalid; give True or False")
         if self.audit_zoo != "none":
             check_audit_settings(zoo=self.audit_zoo, seeds=1)
+        self.attacker_share = check_attacker_share(self.attacker_share)
         if self.backbone_weights is not None:
             if "backbone_weights" not in model_options(self.model):
                 raise PrivatenetError(f"backbone_weights: model {self.model!r} takes no "
@@ -212,7 +222,9 @@ PRESETS: dict[str, dict] = {
               "adversarial_update": "fixed"},
     "quick": {"model": "arm_resnet18", "image_size": 224, "epochs": 20, "adversary_epochs": 20,
               "privacy_epochs": 20, "batch_size": 64, "latency_repeats": 50},
-    "demo": {"data": "synthfaces:n=2500,size=64", "model": "arm_small", "image_size": 64,
+    # The demo draws 3,000 faces: with a fifth carved out for the attacker, its networks train
+    # on about as many rows as 2,500 faces gave them before the carve.
+    "demo": {"data": "synthfaces:n=3000,size=64", "model": "arm_small", "image_size": 64,
              "epochs": 8, "adversary_epochs": 15, "privacy_epochs": 4, "batch_size": 64,
              "lr": 2e-3, "private": ["age"], "taps": ["backbone"],
              "losses": ["confusion", "adversarial", "leace"],
@@ -360,15 +372,13 @@ class _Ready:
     sweep_attr: str
 
 
-def _prepare(config: ProtocolConfig, out: str | Path, *, dry: bool) -> _Ready:
-    """Check every input of a run into ``out`` and load its data, writing nothing (a dry run
-    reads an image cache that exists but never writes one): the folder (not another command's,
-    :func:`check_run_folder`), the image cache folder (not in a run folder,
-    :func:`check_cache_dir`), the data's splits, label columns and classes, and the taps."""
-    check_run_folder(out, kind="reproduce")
-    check_cache_dir(config.cache_dir, out=out)
+def protocol_data(config: ProtocolConfig, *, write_cache: bool = True) -> Dataset:
+    """The data of a ``reproduce`` run: ``config.data`` loaded and checked (train and test
+    splits, every label column known somewhere in both, every class in train), with
+    ``config.attacker_share`` of the train split carved out as the attacker split
+    (:func:`~privatenet.data.base.carve_attacker_split`) before any stage reads it."""
     data = load_dataset(config.data, image_size=config.image_size, cache_dir=config.cache_dir,
-                        write_cache=not dry)
+                        write_cache=write_cache)
     columns = [config.target, *config.private]
     data.check_columns(columns)
     data.require_splits(("train", "test"))
@@ -378,10 +388,31 @@ def _prepare(config: ProtocolConfig, out: str | Path, *, dry: bool) -> _Ready:
                 raise PrivatenetError(f"dataset {data.name!r}: split {split!r} has no rows "
                                       f"with a known {c!r} label; label some or choose "
                                       "another column")
+    data = carve_attacker_split(data, share=config.attacker_share, columns=columns)
     data.check_train_classes(columns)
-    if config.audit_zoo != "none":  # the audit's attackers are scored on the test rows
+    return data
+
+
+def _prepare(config: ProtocolConfig, out: str | Path, *, dry: bool) -> _Ready:
+    """Check every input of a run into ``out`` and load its data, writing nothing (a dry run
+    reads an image cache that exists but never writes one): the folder (not another command's,
+    :func:`check_run_folder`), the image cache folder (not in a run folder,
+    :func:`check_cache_dir`), the data's splits, label columns and classes, and the taps."""
+    check_run_folder(out, kind="reproduce")
+    check_cache_dir(config.cache_dir, out=out)
+    data = protocol_data(config, write_cache=not dry)
+    if config.audit_zoo != "none":  # attackers train on their split, are scored on the test's
         for c in config.private:
             check_audit_rows(data.splits["test"].labels[c], what=f"{c!r} in the test split")
+            if ATTACKER_SPLIT in data.splits:
+                try:
+                    check_audit_rows(data.splits[ATTACKER_SPLIT].labels[c],
+                                     what=f"{c!r} in the attacker split")
+                except PrivatenetError as e:
+                    raise PrivatenetError(
+                        f"{e}; raise attacker_share (now {config.attacker_share:g}) or the "
+                        "data's rows, or give 0 to cross-fit the attackers on the test rows"
+                        ) from None
     size = image_size_of(data)
     probe = build_model(config.model, num_classes=2, image_size=size)
     taps = list(config.taps or probe.taps)
@@ -485,6 +516,7 @@ def _reproduce(config: ProtocolConfig, out: Path, ready: _Ready,
         "config": config.to_dict() | {"taps": taps, "sweep_tap": sweep_tap,
                                       "sweep_attribute": sweep_attr, "seed_list": seeds},
         "classes": {c: data.classes[c] for c in [config.target, *config.private]},
+        "rows": {name: len(split) for name, split in data.splits.items()},
         "latency_ms": latency, "stages": stages.log})
     if writes:
         write_json(out / "results.json", results)

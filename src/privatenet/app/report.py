@@ -64,6 +64,17 @@ def _loss_name(r: dict) -> str:
     return r["loss"] + (f" ({r['update']})" if r.get("update") else "")
 
 
+def _attacker_rows_note(results: dict) -> str:
+    """Where a run's audit attackers trained: its attacker split, or folds of the test rows."""
+    n = results.get("rows", {}).get("attacker")
+    if n:
+        share = results["config"].get("attacker_share", 0)
+        origin = (f"{share:.0%} of the train split carved out before any training" if share
+                  else "the data set's own attacker split")
+        return f"trained on {n} attacker rows, {origin}"
+    return "cross-fitted on folds of the test rows (data-limited)"
+
+
 def tables_markdown(results: dict) -> str:
     """The paper's Tables 1-3 and the Fig. 2 sweep as Markdown, with the chance-corrected
     columns of docs/design.md §5 beside the paper's. Accuracies in percent; with several seeds,
@@ -75,10 +86,10 @@ def tables_markdown(results: dict) -> str:
     audit_note = (f" Audit: the worst leakage over the {zoo} attacker zoo"
                   + (" (a preview: the full zoo is the headline)" if zoo == "quick" else "")
                   + ", the larger of (acc - majority) / (1 - majority) and (bal - 1/K) / "
-                  "(1 - 1/K), by attackers cross-fitted on the test rows (never on a row the "
-                  "network or a defence was fitted on; data-limited); 'rising': more attacker "
-                  "rows still helped, a lower bound (docs/design.md §5)."
-                  if zoo != "none" else "")
+                  f"(1 - 1/K), by attackers {_attacker_rows_note(results)} (never on a row "
+                  "the network or a defence was fitted on), scored on the test rows; "
+                  "'rising': more attacker rows still helped, a lower bound "
+                  "(docs/design.md §5)." if zoo != "none" else "")
     parts = [
         f"Original network ({cfg['model']}, {cfg['target']}): accuracy {_pct(u['accuracy'])} % "
         f"(95 % CI {_ci(u)}), balanced accuracy {_pct(u['balanced_accuracy'])} %, majority "

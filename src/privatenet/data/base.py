@@ -150,6 +150,50 @@ class Dataset:
         return out
 
 
+#: Largest share of the train split :func:`carve_attacker_split` may take: the defence keeps
+#: at least as many rows as the attacker gets.
+MAX_ATTACKER_SHARE = 0.5
+
+
+def check_attacker_share(share: object) -> float:
+    """Return ``share`` as a float if it is a number in [0, :data:`MAX_ATTACKER_SHARE`]."""
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not (
+            0.0 <= share <= MAX_ATTACKER_SHARE):
+        raise PrivatenetError(f"attacker_share={share!r} is invalid; give a share of the train "
+                              f"split in 0..{MAX_ATTACKER_SHARE:g} (0: no attacker split)")
+    return float(share)
+
+
+def carve_attacker_split(data: Dataset, *, share: float, columns: list[str] | tuple[str, ...],
+                         seed: int = 0) -> Dataset:
+    """A copy of ``data`` whose ``train`` split gives ``round(share * n)`` rows of every
+    stratum (every joint value of ``columns``) to a new :data:`ATTACKER_SPLIT`.
+
+    The attacker's rows are carved out before anything is trained, so that no part of a defence
+    ever reads them (docs/design.md §5). The carve depends on ``seed`` and the data only, not
+    on a training seed: every network of a run, at every seed, is audited against the same
+    attacker. A stratum of one row stays in train (``round`` gives 0 for a share <= 0.5), so
+    every class the train split had stays in it. ``share = 0`` or a data set that already has
+    an attacker split returns ``data`` itself.
+    """
+    share = check_attacker_share(share)
+    if share == 0.0 or ATTACKER_SPLIT in data.splits:
+        return data
+    data.require_splits(["train"])
+    data.check_columns(columns)
+    train = data.splits["train"]
+    joint = torch.stack([train.labels[c] for c in columns], dim=1).numpy()
+    rng = np.random.default_rng(seed)
+    taken = np.zeros(len(train), dtype=bool)
+    for stratum in np.unique(joint, axis=0):
+        rows = np.flatnonzero((joint == stratum).all(axis=1))
+        taken[rng.permutation(rows)[: int(round(share * len(rows)))]] = True
+    splits = dict(data.splits)
+    splits["train"] = train.subset(torch.from_numpy(np.flatnonzero(~taken)))
+    splits[ATTACKER_SPLIT] = train.subset(torch.from_numpy(np.flatnonzero(taken)))
+    return Dataset(data.name, splits, data.classes, data.spec)
+
+
 def _fingerprint(data: Dataset) -> str:
     digest = hashlib.sha256(b"privatenet-dataset-v1\n")
 
