@@ -45,3 +45,22 @@ def write_manifest(folder, *, n_train: int = 40, n_test: int = 24, size: int = 3
     csv = folder / "faces.csv"
     csv.write_text("\n".join(rows) + "\n")
     return csv
+
+
+def check_report(report, labels, num_classes):
+    """A leakage report's figures follow from the labels it scored: n, the majority rate, 1/K,
+    a whole number of correct rows, the normalised leakage's formula and an interval around
+    the accuracy (each of them can fail; a range check alone cannot)."""
+    import numpy as np
+    import pytest
+
+    y = np.asarray(labels)
+    y = y[y >= 0]  # rows of unknown label are not scored
+    assert report["n"] == len(y)
+    assert report["chance"] == pytest.approx(1 / num_classes)
+    assert report["majority"] == pytest.approx(np.bincount(y).max() / len(y))
+    correct = report["accuracy"] * report["n"]
+    assert correct == pytest.approx(round(correct), abs=1e-6)
+    assert report["normalized_leakage"] == pytest.approx(
+        (report["accuracy"] - report["majority"]) / (1 - report["majority"]))
+    assert report["ci95"][0] <= report["accuracy"] <= report["ci95"][1]

@@ -1,19 +1,12 @@
 import json
 
 import pytest
+from data_helpers import check_report
 
 from privatenet.app.protocol import plan, reproduce, resolve_config
+from privatenet.cli import main
 from privatenet.data import load_dataset
 from privatenet.errors import PrivatenetError
-
-REPORT = {"accuracy", "balanced_accuracy", "majority", "chance", "normalized_leakage", "ci95"}
-
-
-def _check_report(r):
-    assert REPORT <= set(r)
-    for k in ("accuracy", "balanced_accuracy", "majority", "chance"):
-        assert 0.0 <= r[k] <= 1.0
-    assert r["ci95"][0] <= r["accuracy"] <= r["ci95"][1]
 
 
 def test_smoke_reproduce_on_a_grayscale_string_label_manifest(tmp_path, make_manifest):
@@ -47,8 +40,9 @@ def test_smoke_reproduce_on_a_grayscale_string_label_manifest(tmp_path, make_man
     assert saved["utility"]["original"].keys() >= {"accuracy", "balanced_accuracy"}
     assert {(r["attribute"], r["source"]) for r in saved["table1"]} == {
         ("gender", "image"), ("gender", "pool"), ("age", "image"), ("age", "pool")}
+    test = load_dataset(config.data).splits["test"].labels
     for r in saved["table1"]:
-        _check_report(r)
+        check_report(r, test[r["attribute"]], 2)
     # the lambda = 0 control first, then losses x taps x attributes
     assert [(r["loss"], r["attribute"]) for r in saved["table2"]] == [
         ("none", "gender"), ("none", "age")] + [
@@ -56,8 +50,8 @@ def test_smoke_reproduce_on_a_grayscale_string_label_manifest(tmp_path, make_man
     assert config.adversarial_update == "fixed"  # the paper's baseline
     for r in saved["table2"]:
         assert r["tap"] == "pool"
-        _check_report(r["known"])
-        _check_report(r["unknown"])
+        check_report(r["known"], test[r["attribute"]], 2)
+        check_report(r["unknown"], test[r["attribute"]], 2)
         # the audit column: the quick zoo's worst case on the network's tap, by attackers
         # trained on the carved attacker rows (never the train rows the networks were fitted
         # on), scored on the test rows
@@ -93,6 +87,16 @@ def test_smoke_reproduce_on_a_grayscale_string_label_manifest(tmp_path, make_man
     for s in results["stages"]:
         assert s["cached"] == (s["folder"] in seen), s
         seen.add(s["folder"])
+
+    # `privatenet audit` on one of the run's networks carves the same attacker rows again, so
+    # its attackers are the run's and its in-sample column is the network's training rows
+    net = next(st["folder"] for st in results["stages"]
+               if st["stage"] == "private-confusion-pool-gender-lam0.5")
+    assert main(["audit", "--run", str(out / net), "--tap", "pool", "--private", "gender",
+                 "--zoo", "quick", "--in-sample", "--out", str(tmp_path / "aud")]) == 0
+    rows = json.loads((tmp_path / "aud" / "audit.json").read_text())["rows"]
+    assert rows["attacker"] == {"split": "attacker", "rows": n_attacker}
+    assert rows["defender"]["rows"] == n_train
 
     # a rerun skips every finished stage and gives the same numbers
     again = reproduce(config=config, out=out)

@@ -14,7 +14,8 @@ The method in your own training loop::
     # pn.PrivacyRegularizer(None, loss="hsic", lam=0.5, num_classes=2) needs no adversary)
     loss = reg(task_loss, taps["backbone"], private)              # -1 = unknown label
     print(pn.leakage(pred, private, num_classes=2))
-    # attackers on rows no part of the defence saw (attacker=None: cross-fitted on scoring)
+    # attackers on rows no part of the defence saw (attacker=None: cross-fitted on scoring);
+    # pn.carve_attacker_split(data, share=0.2, columns=[...]) sets such rows aside up front
     print(pn.audit(scoring=(test_feats, s_test), attacker=(own_feats, s_own),
                    num_classes=2)["worst"])
 
@@ -23,6 +24,7 @@ See docs/design.md for the method and README.md for the command line.
 
 from privatenet.audit import audit
 from privatenet.data import load_dataset
+from privatenet.data.base import carve_attacker_split
 from privatenet.erasure import ErasedModel, TapEraser, erase_at_tap, fit_eraser
 from privatenet.errors import PrivatenetError
 from privatenet.losses import (
@@ -54,6 +56,7 @@ __all__ = [
     "TrainConfig",
     "adversarial_loss",
     "audit",
+    "carve_attacker_split",
     "confusion_loss",
     "create_adversary",
     "create_model",

@@ -45,7 +45,8 @@ def _data_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
                    help="dataset spec: rafdb:PATH (RAF-DB 'basic' root), manifest:FILE.csv "
                         "(header path,split,<label columns>) or synthfaces[:n=5000,size=64,"
                         "seed=0] (built-in generated faces)"
-                        + ("" if required else "; default: the data of the attacked run"))
+                        + ("" if required else "; default: the data of the attacked run, "
+                           "with the attacker split a reproduce run carved out of it"))
     g.add_argument("--image-size", type=int, default=None,
                    help="decode every image once to SxS pixels (default: the data set's "
                         "native size; the paper uses 224)")
@@ -566,12 +567,17 @@ def cmd_train(args) -> int:
 
 def _data_of_run(args):
     """``--data`` and ``--image-size``, by default those the network of ``--run`` was trained
-    on (its spec is stored with absolute paths)."""
+    on (its spec is stored with absolute paths), with the attacker split carved out of it
+    again when the network's run carved one (``reproduce``), so that its train split is
+    exactly the network's training rows."""
     from privatenet.app.jobs import model_meta
+    from privatenet.data.base import carve_attacker_split
 
     meta = model_meta(args.run)
-    return _load_data(args, args.data or meta["data"],
+    data = _load_data(args, args.data or meta["data"],
                       image_size=args.image_size or meta.get("image_size"))
+    carve = None if args.data else meta.get("attacker_carve")
+    return carve_attacker_split(data, **carve) if carve else data
 
 
 def _load_data(args, spec: str, *, image_size: int | None):

@@ -20,8 +20,12 @@ mean erased feature vector (zero cross-covariance with the one-hot label). By LE
 convex loss: least squares, logistic regression, a linear SVM, the ``linear`` adversary head)
 reaches a lower loss than the best constant prediction. That is a statement about convex losses;
 for accuracy it means in practice the majority rate, which the tests check, not a theorem. On
-other data from the same distribution it holds up to estimation error (class means and
-covariance are estimated from the train split, with shrinkage). With ARM ``affinity="batch"``
+other data from the same distribution it holds only up to estimation error (class means and
+covariance are estimated from the train split, with shrinkage), and with fewer fitting rows
+than feature dimensions (8,192-wide backbone maps, 2,000 rows) that error is most of the
+effect: the fitted direction is mostly noise, and a linear attacker trained on *fresh* rows
+reads nearly as much as before. Only an audit whose attackers train on rows the eraser never
+saw measures this (docs/design.md §5; tests/test_audit.py shows the failure). With ARM ``affinity="batch"``
 a tap after the ARM block depends on the batch, so the fitted statistics do too.
 
 **What it does not guarantee.** Nothing against *nonlinear* attackers: an MLP, the paper's

@@ -10,6 +10,7 @@ from privatenet.data.base import (
     Split,
     carve_attacker_split,
     check_attacker_share,
+    check_carve,
 )
 from privatenet.errors import PrivatenetError
 
@@ -75,3 +76,18 @@ def test_no_share_or_an_own_attacker_split_leaves_the_data_as_it_is():
 def test_a_bad_share_is_one_line(share):
     with pytest.raises(PrivatenetError, match="attacker_share=.*0..0.5"):
         check_attacker_share(share)
+
+
+def test_the_carve_is_saved_with_a_network_and_an_edited_record_is_refused(tmp_path):
+    from privatenet.train.checkpoint import check_module_meta
+
+    carved = carve_attacker_split(_data(), share=0.2, columns=["emotion", "age"])
+    assert check_carve(carved.carve) == {"share": 0.2, "columns": ["emotion", "age"], "seed": 0}
+    meta = {"role": "model", "module": {"name": "small_cnn", "num_classes": 3},
+            "data": "d", "attacker_carve": carved.carve}
+    assert check_module_meta(meta, tmp_path / "model.json") is meta
+    for bad in ({"share": 0.9, "columns": ["age"], "seed": 0}, {"share": 0.2}, "0.2",
+                {"share": 0.2, "columns": [], "seed": 0},
+                {"share": 0.2, "columns": ["age"], "seed": True}):
+        with pytest.raises(PrivatenetError, match="model.json.*attacker_carve"):
+            check_module_meta(meta | {"attacker_carve": bad}, tmp_path / "model.json")

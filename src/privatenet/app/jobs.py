@@ -162,7 +162,8 @@ DEFENCES = (*PRIVACY_LOSSES, "leace", "hsic+leace")
 DEFENCE_HELP = {
     **LOSS_HELP,
     "leace": "LEACE at the tap (fitted on the starting network's train features, then the "
-             "layers after the tap fine-tuned): no linear attacker beats the majority rate",
+             "layers after the tap fine-tuned): linear attackers are blind on the fitting rows, "
+             "not on fresh ones when the tap is wider than the train split",
     "hsic+leace": "hsic training, then LEACE on its features",
 }
 #: Defences that erase the tap after (any) training with the privacy term.
@@ -366,7 +367,8 @@ def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config
         if writes:
             save_module(run.path / "model", net.cpu(), {
                 "role": "model", "data": data.name, "target": target,
-                "classes": data.classes[target], "image_size": image_size_of(data)})
+                "classes": data.classes[target], "image_size": image_size_of(data)}
+                | ({"attacker_carve": data.carve} if data.carve else {}))
             write_json(run.path / "results.json", results)
     return results
 

@@ -75,6 +75,10 @@ class Dataset:
     splits: dict[str, Split]
     classes: dict[str, list[str]]
     spec: DataSpec | None = None
+    #: How :func:`carve_attacker_split` made this data's attacker split (``share``,
+    #: ``columns``, ``seed``), saved with every network trained on it so that a later audit
+    #: of that network carves the same rows again; ``None`` if nothing was carved.
+    carve: dict | None = None
     _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def fingerprint(self) -> str:
@@ -191,7 +195,21 @@ def carve_attacker_split(data: Dataset, *, share: float, columns: list[str] | tu
     splits = dict(data.splits)
     splits["train"] = train.subset(torch.from_numpy(np.flatnonzero(~taken)))
     splits[ATTACKER_SPLIT] = train.subset(torch.from_numpy(np.flatnonzero(taken)))
-    return Dataset(data.name, splits, data.classes, data.spec)
+    return Dataset(data.name, splits, data.classes, data.spec,
+                   {"share": share, "columns": list(columns), "seed": seed})
+
+
+def check_carve(carve: object) -> dict:
+    """``carve`` if it is a :attr:`Dataset.carve` record (as saved with a network), else a
+    one-line :class:`PrivatenetError`."""
+    if not (isinstance(carve, dict) and set(carve) == {"share", "columns", "seed"}
+            and isinstance(carve["columns"], list) and carve["columns"]
+            and all(isinstance(c, str) for c in carve["columns"])
+            and isinstance(carve["seed"], int) and not isinstance(carve["seed"], bool)):
+        raise PrivatenetError(f"attacker_carve={carve!r} is not a record of an attacker split "
+                              "(share, columns, seed)")
+    check_attacker_share(carve["share"])
+    return carve
 
 
 def _fingerprint(data: Dataset) -> str:

@@ -361,9 +361,11 @@ def check_module_meta(meta: dict, path: str | Path, *, required: tuple[str, ...]
     check_num_classes` and :func:`~privatenet.data.spec.check_image_size` check them when
     training), ``classes`` (distinct names, as many as the network's ``num_classes``),
     ``image_size`` (as the data and model code check it, equal to the config's), the strings
-    ``data``, ``target``, ``tap``, ``attribute`` and ``model_run``, and that every key of
-    ``required`` is present. The shapes of the tensors are :func:`load_module`'s to check.
+    ``data``, ``target``, ``tap``, ``attribute`` and ``model_run``, ``attacker_carve`` (as
+    :func:`~privatenet.data.base.check_carve` checks it), and that every key of ``required``
+    is present. The shapes of the tensors are :func:`load_module`'s to check.
     """
+    from privatenet.data.base import check_carve
     from privatenet.data.spec import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, check_image_size
     from privatenet.models.registry import check_num_classes
 
@@ -418,6 +420,12 @@ def check_module_meta(meta: dict, path: str | Path, *, required: tuple[str, ...]
         value = meta.get(key)
         if value is not None and (not isinstance(value, str) or not value):
             raise _edited(path, f"{key!r} is {brief(value)}, not a non-empty string")
+    if "attacker_carve" in meta:
+        try:
+            check_carve(meta["attacker_carve"])
+        except PrivatenetError:
+            raise _edited(path, f"'attacker_carve' is {brief(meta['attacker_carve'])}, not a "
+                                "record of an attacker split") from None
     return meta
 
 
