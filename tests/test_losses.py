@@ -99,6 +99,6 @@ def test_total_loss_and_dispatch():
 
 
 def test_loss_names_and_help_agree():
-    assert PRIVACY_LOSSES == ("confusion", "adversarial", "ensemble", "hsic")
+    assert PRIVACY_LOSSES == ("confusion", "adversarial", "ensemble", "hsic", "vib")
     assert set(LOSS_HELP) == set(PRIVACY_LOSSES) and set(PAPER_LOSSES) < set(PRIVACY_LOSSES)
     assert all("\n" not in h for h in LOSS_HELP.values())

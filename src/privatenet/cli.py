@@ -161,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--adversary-update", choices=ADVERSARY_UPDATES, default=None,
                    help="fixed (default): the known adversary is held fixed (the paper); "
                         "alternating: it is updated each step (min-max)")
+    g.add_argument("--bottleneck-channels", type=int, default=None,
+                   help="--loss vib: channels of the noisy code at the tap (default 16)")
     _optim_args(p, epochs=10, batch_size=64)
     _speed_args(p.add_argument_group("speed (docs/design.md §4.4)"))
     _out_args(p)
@@ -526,6 +528,7 @@ def _fmt_leakage(title: str, r: dict) -> str:
 
 def cmd_train(args) -> int:
     from privatenet.app.jobs import train_job
+    from privatenet.bottleneck import check_channels
     from privatenet.losses import check_lam
 
     # Every option is checked here, before a single image is decoded.
@@ -541,9 +544,16 @@ def cmd_train(args) -> int:
         privacy = dict(given, private=private, adversary=adversary,
                        lam=check_lam(0.5 if args.lam is None else args.lam),
                        update=args.adversary_update or "fixed")
+        if args.bottleneck_channels is not None:
+            if args.loss != "vib":
+                raise PrivatenetError(f"--bottleneck-channels applies to --loss vib only, not "
+                                      f"{args.loss}; drop it")
+            privacy["channels"] = check_channels(args.bottleneck_channels)
     else:
         stray = [f for f, v in (("--lam", args.lam), ("--adversary-update",
-                                                      args.adversary_update)) if v is not None]
+                                                      args.adversary_update),
+                                ("--bottleneck-channels", args.bottleneck_channels))
+                 if v is not None]
         if stray:  # silently training without privacy would be worse than refusing
             raise PrivatenetError(f"{' and '.join(stray)}: only for privacy training; add "
                                   "--loss, --tap and --private, or leave them out")

@@ -25,8 +25,9 @@ covariance are estimated from the train split, with shrinkage), and with fewer f
 than feature dimensions (8,192-wide backbone maps, 2,000 rows) that error is most of the
 effect: the fitted direction is mostly noise, and a linear attacker trained on *fresh* rows
 reads nearly as much as before. Only an audit whose attackers train on rows the eraser never
-saw measures this (docs/design.md §5; tests/test_audit.py shows the failure). With ARM ``affinity="batch"``
-a tap after the ARM block depends on the batch, so the fitted statistics do too.
+saw measures this (docs/design.md §5; tests/test_audit.py shows the failure). With ARM
+``affinity="batch"`` a tap after the ARM block depends on the batch, so the fitted statistics
+do too.
 
 **What it does not guarantee.** Nothing against *nonlinear* attackers: an MLP, the paper's
 ``arm_fc`` head or a tree ensemble on the same erased features can still recover the attribute

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from privatenet.bottleneck import TapBottleneck
 from privatenet.errors import PrivatenetError
 
 __all__ = ["DEPLOY_PACKAGES", "EXPORT_FILES", "OPSET", "SPLITTABLE", "TOLERANCE",
@@ -119,6 +120,11 @@ def check_split(model: nn.Module, *, tap: str) -> str:
             f"model {name!r} cannot be split at a tap: it has no forward_from(tap, features) "
             f"(the layers after a tap); export one of {', '.join(SPLITTABLE)}, or one of them "
             "erased at a tap")
+    if any(isinstance(m, TapBottleneck) for m in model.modules()):
+        raise PrivatenetError(f"model {name!r} has a vib bottleneck, whose noise is drawn in "
+                              "every forward pass; its ONNX export is not implemented yet (the "
+                              "graphs could not be checked against the network); deploy it "
+                              "with torch")
     taps = tuple(getattr(model, "taps", ()) or ())
     if tap not in taps:
         raise PrivatenetError(f"model {name!r} has no tap {tap!r} to split at; taps that can be "

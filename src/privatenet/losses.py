@@ -25,7 +25,7 @@ __all__ = ["HSIC_BANDWIDTHS", "LOSS_HELP", "PAPER_LOSSES", "PRIVACY_LOSSES", "Ad
 
 #: The privacy terms ``L_priv`` that Eq. 8 can weigh against the task loss (the modes of
 #: :class:`privatenet.regularizer.PrivacyRegularizer`).
-PRIVACY_LOSSES = ("confusion", "adversarial", "ensemble", "hsic")
+PRIVACY_LOSSES = ("confusion", "adversarial", "ensemble", "hsic", "vib")
 
 #: The two losses the paper compares (its Table 2).
 PAPER_LOSSES = ("confusion", "adversarial")
@@ -37,6 +37,8 @@ LOSS_HELP = {
     "ensemble": "confusion loss against several adversaries trained alongside and "
                 "re-initialised in turn (MaxEnt-ARL; Elazar & Goldberg 2018)",
     "hsic": "no adversary: normalised HSIC between the tap's features and the private label",
+    "vib": "no adversary, no private label: a noisy narrow code at the tap (variational "
+           "information bottleneck, noise kept at deployment) with a KL penalty",
 }
 
 #: Bandwidths of the multi-bandwidth RBF kernel of :func:`hsic_loss`, in units of the median

@@ -21,6 +21,9 @@ Modes (``loss=``):
   each trained alternately and re-initialised in turn (see :class:`PrivacyRegularizer`).
 - ``hsic``: no adversary; the normalised HSIC between the features and the private label
   (:func:`privatenet.losses.hsic_loss`).
+- ``vib``: no adversary and no private label; the KL term of a noisy bottleneck at the tap
+  (:class:`privatenet.bottleneck.TapBottleneck`, given as ``bottleneck=``), computed by the
+  forward pass that produced the features.
 
 :meth:`PrivacyRegularizer.privacy_term` gives ``L_priv`` alone, for losses that combine several
 terms (``fit`` with several private attributes).
@@ -72,7 +75,7 @@ DEFAULT_REINIT_EVERY = 100
 # Which keyword-only options each mode takes (beyond loss, lam, update, lr, weight_decay).
 _MODE_OPTIONS = {"members": ("ensemble",), "reinit_every": ("ensemble",), "seed": ("ensemble",),
                  "tap_shape": ("ensemble",), "num_classes": ("ensemble", "hsic"),
-                 "bandwidths": ("hsic",)}
+                 "bandwidths": ("hsic",), "bottleneck": ("vib",)}
 
 _MAX_SEED = 2**63 - 1
 
@@ -117,7 +120,7 @@ class PrivacyRegularizer(nn.Module):
             for ``confusion`` and ``adversarial``; optional for ``ensemble`` (it then becomes
             one more member); ``None`` for ``hsic``.
         loss: ``"confusion"`` (Eq. 7, the paper), ``"adversarial"`` (Edwards & Storkey, the
-            bounded ``-log(1 - p_true)``), ``"ensemble"`` or ``"hsic"``
+            bounded ``-log(1 - p_true)``), ``"ensemble"``, ``"hsic"`` or ``"vib"``
             (:data:`privatenet.losses.PRIVACY_LOSSES`).
         lam: the privacy weight in [0, 1]; 0 gives back the task loss exactly.
         update: ``"fixed"`` or ``"alternating"`` (see the module docstring); confusion and
@@ -139,6 +142,9 @@ class PrivacyRegularizer(nn.Module):
             (default 0), so a run is deterministic whatever the global random state.
         bandwidths: ``hsic``: the RBF bandwidths in multiples of the batch's median distance
             (default :data:`privatenet.losses.HSIC_BANDWIDTHS`).
+        bottleneck: ``vib``: the :class:`~privatenet.bottleneck.TapBottleneck` in the model at
+            the tap; the privacy term is its KL from the latest forward pass (call the model
+            first), and ``features`` and ``private`` only fix the batch size.
 
     Call ``reg(task_loss, features, private)`` with ``private`` (N,) class indices, ``-1`` for
     an unknown label: those rows get no privacy term (a batch without any known label returns
@@ -170,7 +176,8 @@ class PrivacyRegularizer(nn.Module):
                  tap_shape: Sequence[int] | None = None,
                  members: Sequence[str | Mapping[str, Any]] | None = None,
                  reinit_every: int | None = None, seed: int | None = None,
-                 bandwidths: Sequence[float] | None = None) -> None:
+                 bandwidths: Sequence[float] | None = None,
+                 bottleneck: nn.Module | None = None) -> None:
         super().__init__()
         if adversary is not None and not isinstance(adversary, nn.Module):
             raise PrivatenetError(f"adversary must be an nn.Module, got "
@@ -185,13 +192,14 @@ class PrivacyRegularizer(nn.Module):
                                       + (" or 0" if name == "weight_decay" else ""))
         self.lr, self.weight_decay = float(lr), float(weight_decay)
         options = {"members": members, "reinit_every": reinit_every, "seed": seed,
-                   "tap_shape": tap_shape, "num_classes": num_classes, "bandwidths": bandwidths}
+                   "tap_shape": tap_shape, "num_classes": num_classes, "bandwidths": bandwidths,
+                   "bottleneck": bottleneck}
         for name, value in options.items():
             if value is not None and loss not in _MODE_OPTIONS[name]:
                 modes = " or ".join(repr(m) for m in _MODE_OPTIONS[name])
                 raise PrivatenetError(f"{name}= applies to loss={modes} only, not "
                                       f"loss={loss!r}; drop it")
-        if loss in ("ensemble", "hsic") and update != "fixed":
+        if loss in ("ensemble", "hsic", "vib") and update != "fixed":
             raise PrivatenetError(f"update={update!r} does not apply to loss={loss!r} "
                                   "(it trains no single adversary); drop update=")
         self.adversary: nn.Module | None = None
@@ -202,10 +210,19 @@ class PrivacyRegularizer(nn.Module):
         self.last_adversary_loss: torch.Tensor | None = None
         #: ensemble: each member's cross-entropy at its latest step (detached), for logging.
         self.last_member_losses: torch.Tensor | None = None
-        if loss == "hsic":
-            if adversary is not None:
-                raise PrivatenetError("loss='hsic' uses no adversary; pass None as the "
-                                      "adversary")
+        self._bottleneck: tuple = ()
+        if loss in ("hsic", "vib") and adversary is not None:
+            raise PrivatenetError(f"loss={loss!r} uses no adversary; pass None as the adversary")
+        if loss == "vib":
+            from privatenet.bottleneck import TapBottleneck
+
+            if not isinstance(bottleneck, TapBottleneck):
+                raise PrivatenetError("loss='vib' needs bottleneck=<the TapBottleneck at the tap> "
+                                      "(privatenet.bottleneck_at_tap(model, ...).bottleneck)")
+            # Held in a tuple, not as a submodule: its weights are the model's, trained and
+            # saved with it, not a second copy in this regularizer.
+            self._bottleneck = (bottleneck,)
+        elif loss == "hsic":
             self.num_classes = self._check_num_classes(num_classes)
             self.bandwidths = check_bandwidths(
                 HSIC_BANDWIDTHS if bandwidths is None else bandwidths)
@@ -379,6 +396,9 @@ class PrivacyRegularizer(nn.Module):
         if self.loss == "hsic":
             out.update(num_classes=self.num_classes, bandwidths=list(self.bandwidths),
                        normalized=True)
+        if self.loss == "vib":
+            b = self._bottleneck[0]
+            out.update(channels=b.channels, shape=list(b.shape), kl="mean nats per code number")
         if self.loss == "ensemble":
             out.update(num_classes=self.num_classes, tap_shape=list(self.tap_shape),
                        known=self.known, members=[dict(s) for s in self.member_specs],
@@ -408,6 +428,14 @@ class PrivacyRegularizer(nn.Module):
         if features.shape[0] != private.shape[0]:
             raise PrivatenetError(f"{features.shape[0]} feature rows for {private.shape[0]} "
                                   "private labels; pass one label per row (-1 if unknown)")
+        if self.loss == "vib":  # every row's code, whatever its private label
+            kl = self._bottleneck[0].last_kl
+            if kl is None:
+                raise PrivatenetError("loss='vib': the bottleneck has no KL term from this "
+                                      "forward pass; call the model with the bottleneck "
+                                      "before the regularizer")
+            self.last_privacy_loss = kl.detach().float()
+            return kl.float()
         private = private.to(features.device)
         known = private != MISSING  # rows with an unknown attribute get no privacy term
         if not bool(known.all()):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from privatenet.bottleneck import VIB_CHANNELS, bottleneck_at_tap, check_channels
 from privatenet.data.base import ATTACKER_SPLIT, Dataset, Split
 from privatenet.errors import PrivatenetError
 from privatenet.losses import LOSS_HELP, PRIVACY_LOSSES
@@ -207,15 +208,18 @@ def file_digest(path: str | Path) -> str:
 
 
 def make_regularizer(privacy: dict, *, adversary: torch.nn.Module | None,
-                     tap_shape: tuple[int, ...], num_classes: int,
-                     config: TrainConfig) -> PrivacyRegularizer:
+                     tap_shape: tuple[int, ...], num_classes: int, config: TrainConfig,
+                     bottleneck: torch.nn.Module | None = None) -> PrivacyRegularizer:
     """The privacy term of one attribute for ``privacy`` (see :func:`train_job`). ``hsic``
-    takes no adversary (a known one is only scored); ``ensemble`` starts from the known
+    and ``vib`` (the KL of ``bottleneck``) take no adversary (a known one is only scored);
+    ``ensemble`` starts from the known
     adversary, if any, beside members of other capacities; the adversaries' own steps use the
     run's Adam settings and seed."""
     loss, lam = privacy["loss"], float(privacy["lam"])
     if loss == "hsic":
         return PrivacyRegularizer(None, loss=loss, lam=lam, num_classes=num_classes)
+    if loss == "vib":
+        return PrivacyRegularizer(None, loss=loss, lam=lam, bottleneck=bottleneck)
     adam = {"lr": config.lr, "weight_decay": config.weight_decay}
     if loss == "ensemble":
         return PrivacyRegularizer(adversary, loss=loss, lam=lam, tap_shape=tap_shape,
@@ -260,6 +264,11 @@ def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config
     """
     model_kwargs = dict(model_kwargs or {})
     privacy = dict(privacy) if privacy else None
+    if privacy is not None and privacy["loss"] == "vib":
+        privacy["channels"] = check_channels(privacy.get("channels", VIB_CHANNELS))
+    elif privacy is not None and "channels" in privacy:
+        raise PrivatenetError(f"channels= applies to the vib defence only, not "
+                              f"{privacy['loss']!r}; drop it")
     private, adversaries = _private_list(privacy) if privacy else ([], [])
     if target in private:
         raise PrivatenetError(f"the private attribute {target!r} is the task target; protect "
@@ -314,6 +323,11 @@ def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config
         # The weights are in the state dict now; a config naming the file would read it again
         # (or fail where it moved) each time the network is loaded.
         net.config = {**net.config, "backbone_weights": None}
+    if init is not None:
+        if init.config != net.config:
+            raise PrivatenetError(f"{init_from} holds a network with other settings "
+                                  f"({init.config}); it cannot initialise {net.config}")
+        net.load_state_dict(init.state_dict())
     regularizers = []
     erase = privacy is not None and privacy["loss"] in ERASING
     if erase and (init is None or len(private) != 1):
@@ -328,16 +342,16 @@ def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config
     if privacy is not None and privacy["loss"] != "leace":
         require_tap(net, privacy["tap"])
         shape = tap_shapes(net, image_size=image_size_of(data))[privacy["tap"]]
+        if privacy["loss"] == "vib":
+            # The bottleneck's weights are drawn after seed_everything: a resumed run rebuilds
+            # the same starting point, then loads its checkpoint.
+            net = bottleneck_at_tap(net, tap=privacy["tap"], channels=privacy["channels"],
+                                    image_size=image_size_of(data))
         term = dict(privacy, loss="hsic") if privacy["loss"] == "hsic+leace" else privacy
         regularizers = [make_regularizer(
-            term, adversary=known[p], tap_shape=shape,
-            num_classes=len(data.classes[p]), config=config) for p in private]
+            term, adversary=known[p], tap_shape=shape, num_classes=len(data.classes[p]),
+            config=config, bottleneck=getattr(net, "bottleneck", None)) for p in private]
         fingerprint["regularizers"] = [r.settings() for r in regularizers]
-    if init is not None:
-        if init.config != net.config:
-            raise PrivatenetError(f"{init_from} holds a network with other settings "
-                                  f"({init.config}); it cannot initialise {net.config}")
-        net.load_state_dict(init.state_dict())
     # Under torchrun every process trains (fit shards the batches); rank 0 alone writes.
     writes = distributed.is_main()
     with open_shared_run(out, kind="train", fingerprint=fingerprint, resume=resume) as run:
@@ -456,9 +470,10 @@ def attack_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str
         write_yaml(run.path / "config.yaml", settings)
         device = resolve_device(config.device)
         net.to(device)
+        # Seeded before the features too: a vib network draws noise in every forward pass.
+        seed_everything(config.seed)
         feats = extract(net, train.images, tap=tap, batch_size=config.eval_batch_size,
                         device=device)
-        seed_everything(config.seed)
         num_classes = len(data.classes[attribute])
         adversary = create_adversary(head, tap_shape=tuple(feats.shape[1:]),
                                      num_classes=num_classes)
@@ -492,6 +507,7 @@ def known_job(*, data: Dataset, model_run: str | Path, adversary_run: str | Path
     with open_run(out, kind="known", fingerprint=fingerprint, resume=True) as run:
         if run.finished:
             return run.results()
+        seed_everything(config.seed)  # a vib network draws noise in every forward pass
         results = {"attribute": attribute, "tap": tap, **evaluate_adversary(
             adversary, net, test, tap=tap, attribute=attribute,
             num_classes=len(data.classes[attribute]), config=config)}
@@ -585,6 +601,7 @@ def audit_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str,
             return read_json(run.path / "audit.json")
         write_yaml(run.path / "config.yaml", settings)
         net.to(device)
+        seed_everything(config.seed)  # a vib network draws noise in every forward pass
 
         def features(model, which, transform=None):
             """(attacker rows' or None, scoring rows') features of ``model`` at ``which``."""

@@ -37,6 +37,7 @@ from privatenet.app.jobs import (
 )
 from privatenet.app.latency import PRECISIONS, latency_ms
 from privatenet.audit import AUDIT_PROTOCOL, check_audit_rows, check_audit_settings
+from privatenet.bottleneck import VIB_CHANNELS
 from privatenet.data import load_dataset
 from privatenet.data.base import (
     ATTACKER_SPLIT,
@@ -618,6 +619,8 @@ def _one_seed(config: ProtocolConfig, task_cfg: TrainConfig, data, taps: list[st
                 key["eraser"] = "constant-dims-kept"
             if loss == "hsic+leace":  # the control's epochs, split between its two steps
                 key["budget"] = "equal"
+            if loss == "vib":
+                privacy["channels"] = key["channels"] = VIB_CHANNELS
             name = f"private-{loss}-{tap}-{attr}-lam{lam:g}"
             net, net_dir, net_hash = stages.run(name + tag, key, lambda d: train_job(
                 data=data, out=d, model=config.model, target=config.target, config=priv_cfg,

@@ -147,3 +147,14 @@ def _erased(config: dict, *, load_backbone_weights: bool = False) -> nn.Module:
 
 
 register_wrapper("erased", _erased)
+
+
+def _bottleneck(config: dict, *, load_backbone_weights: bool = False) -> nn.Module:
+    """Rebuild a model with a noisy bottleneck at a tap (:mod:`privatenet.bottleneck`) from its
+    config; the weights come from the checkpoint."""
+    from privatenet.bottleneck import bottleneck_from_config
+
+    return bottleneck_from_config(config, load_backbone_weights=load_backbone_weights)
+
+
+register_wrapper("bottleneck", _bottleneck)
