@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from privatenet.app.jobs import DEFENCES, load_model
 from privatenet.app.protocol import protocol_data, reproduce, resolve_config
@@ -110,6 +111,7 @@ def bench(name: str, *, seeds: int, out: Path, device: str, zoo: str = "full") -
         rows = {}
         for r in res["table2"]:
             net, _ = load_model(r["network"])
+            torch.manual_seed(seed)  # a vib network draws noise in every forward pass
             logits, att_logits = (extract(net, split.images, tap=None, batch_size=256,
                                           device=dev) for split in (test, attackers))
             correct = (logits[known].argmax(1) == test.labels[config.target][known])

@@ -135,3 +135,18 @@ def test_train_then_attack_and_audit_a_vib_network(tmp_path, make_manifest, caps
     assert "applies to --loss vib only" in capsys.readouterr().err
     meta = json.loads((tmp_path / "vib" / "model.json").read_text())
     assert meta["module"]["name"] == "bottleneck"
+
+
+def test_reproduce_compares_vib_with_the_control(tmp_path, make_manifest):
+    from privatenet.app.protocol import reproduce, resolve_config
+
+    csv = make_manifest(tmp_path / "data", n_train=120)
+    config = resolve_config("smoke", {"data": f"manifest:{csv}", "taps": ["backbone"],
+                                      "private": ["gender"], "losses": ["vib"],
+                                      "lambdas": [0.5], "sweep_loss": "confusion",
+                                      "device": "cpu", "attacker_share": 0.25})
+    res = reproduce(config=config, out=tmp_path / "run")
+    vib = next(r for r in res["table2"] if r["loss"] == "vib")
+    net, _ = load_model(vib["network"])
+    assert isinstance(net, BottleneckModel) and net.bottleneck.channels == 16
+    assert vib["audit"]["leakage"] is not None and vib["known"]["n"] == vib["unknown"]["n"]
