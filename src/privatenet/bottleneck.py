@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from privatenet.errors import PrivatenetError
-from privatenet.models.taps import tap_layer
+from privatenet.models.taps import TapWrapper, tap_layer, tap_shapes, wrapped_image_size
 
 __all__ = ["VIB_CHANNELS", "BottleneckModel", "TapBottleneck", "bottleneck_at_tap",
            "bottleneck_from_config", "check_channels"]
@@ -99,72 +99,32 @@ class TapBottleneck(nn.Module):
         return self.decode(z)
 
 
-class _BottleneckHook:
-    """Forward hook on the layer that computes the tap: its output replaced by the decoded
-    noisy code."""
-
-    def __init__(self, bottleneck: TapBottleneck, tap: str) -> None:
-        self.bottleneck, self.tap = bottleneck, tap
-
-    def __call__(self, module: nn.Module, inputs: Any, output: Any) -> torch.Tensor:
-        if not isinstance(output, torch.Tensor):
-            raise PrivatenetError(f"tap {self.tap!r}: its layer returns a "
-                                  f"{type(output).__name__}, not a tensor; put the bottleneck "
-                                  "at a tap whose layer returns one tensor")
-        return self.bottleneck(output)
-
-
-class BottleneckModel(nn.Module):
-    """A model with a :class:`TapBottleneck` at one tap; every layer stays trainable.
-
-    The bottleneck runs as a forward hook on the layer that computes ``tap``, so ``forward``
-    and ``forward_taps`` see the decoded noisy code downstream, and ``forward_taps``'s ``tap``
-    output is that code (what an attacker at the tap reads). Saved by ``save_module`` and
-    rebuilt by ``model_from_config`` from :attr:`config` (``{"name": "bottleneck",
-    "num_classes", "inner", "tap", "shape", "channels"}``) when ``inner`` came from the
-    registry. Make one with :func:`bottleneck_at_tap`.
+class BottleneckModel(TapWrapper):
+    """A model with a :class:`TapBottleneck` at one tap (:class:`~privatenet.models.taps.
+    TapWrapper`); every layer stays trainable. ``forward_taps``'s ``tap`` output is the decoded
+    noisy code (what an attacker at the tap reads); the bottleneck belongs to the part before
+    the cut. Saved by ``save_module`` and rebuilt by ``model_from_config`` from :attr:`config`
+    (``{"name": "bottleneck", "num_classes", "inner", "tap", "shape", "channels"}``) when
+    ``inner`` came from the registry. Make one with :func:`bottleneck_at_tap`.
     """
 
     def __init__(self, inner: nn.Module, *, tap: str, bottleneck: TapBottleneck) -> None:
-        super().__init__()
         if not isinstance(bottleneck, TapBottleneck):
             raise PrivatenetError(f"bottleneck must be a TapBottleneck, got "
                                   f"{type(bottleneck).__name__}")
-        path = tap_layer(inner, tap)
-        self.inner, self.bottleneck, self.tap = inner, bottleneck, tap
-        self.taps = tuple(inner.taps)
-        self.tap_layers = {t: f"inner.{tap_layer(inner, t)}"
-                           for t in getattr(inner, "tap_layers", {})}
-        inner.get_submodule(path).register_forward_hook(_BottleneckHook(bottleneck, tap))
+        super().__init__(inner, tap=tap, module=bottleneck, what="bottleneck")
+        self.bottleneck = bottleneck
 
     @property
     def config(self) -> dict[str, Any]:
         """Plain-value config from which ``model_from_config`` rebuilds this model."""
-        inner = getattr(self.inner, "config", None)
-        if not isinstance(inner, Mapping):
-            raise AttributeError(f"BottleneckModel has no config: its inner "
-                                 f"{type(self.inner).__name__} was not made by create_model")
-        return {"name": "bottleneck", "num_classes": inner["num_classes"], "inner": dict(inner),
+        inner = self.inner_config()
+        return {"name": "bottleneck", "num_classes": inner["num_classes"], "inner": inner,
                 "tap": self.tap, "shape": list(self.bottleneck.shape),
                 "channels": self.bottleneck.channels}
 
     def extra_repr(self) -> str:
         return f"tap={self.tap!r}"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x)
-
-    def forward_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.inner.forward_taps(x)
-
-    def forward_from(self, tap: str, features: torch.Tensor) -> torch.Tensor:
-        """The logits from ``tap``'s features (at the bottleneck's tap: the decoded noisy code,
-        as ``forward_taps`` returns it; the bottleneck belongs to the part before the cut)."""
-        cut = getattr(self.inner, "forward_from", None)
-        if cut is None:
-            raise PrivatenetError(f"BottleneckModel around {type(self.inner).__name__} cannot "
-                                  "be cut at a tap (its inner model has no forward_from)")
-        return cut(tap, features)
 
 
 def bottleneck_at_tap(model: nn.Module, *, tap: str, channels: int,
@@ -176,16 +136,7 @@ def bottleneck_at_tap(model: nn.Module, *, tap: str, channels: int,
     finds the tap's shape. Train the result with ``fit(..., regularizer=PrivacyRegularizer(
     None, loss="vib", lam=..., bottleneck=result.bottleneck), tap=tap, private=...)``.
     """
-    from privatenet.models.taps import tap_shapes
-
-    if not isinstance(model, nn.Module):
-        raise PrivatenetError(f"bottleneck_at_tap needs an nn.Module, got {type(model).__name__}")
-    if image_size is None:
-        config = getattr(model, "config", None)
-        image_size = config.get("image_size") if isinstance(config, Mapping) else None
-        if image_size is None:
-            raise PrivatenetError("bottleneck_at_tap: the model has no image_size in its config; "
-                                  "pass image_size=<side of its input images>")
+    image_size = wrapped_image_size(model, image_size, who="bottleneck_at_tap")
     tap_layer(model, tap)  # unknown tap: fail before copying
     shape = tap_shapes(model, image_size=image_size)[tap]
     inner = copy.deepcopy(model)
@@ -200,17 +151,10 @@ def bottleneck_from_config(config: Mapping[str, Any], *, load_backbone_weights: 
                            ) -> BottleneckModel:
     """Rebuild a :class:`BottleneckModel` from its ``config`` (``model_from_config`` calls this
     for ``name == "bottleneck"``); load the checkpoint's state dict into it for the weights."""
-    from privatenet.models.registry import model_from_config
+    from privatenet.models.registry import inner_from_config
 
-    if not isinstance(config, Mapping) or set(config) != set(_CONFIG_KEYS):
-        keys = sorted(config) if isinstance(config, Mapping) else config
-        raise PrivatenetError(f"bottleneck model config must have exactly the keys "
-                              f"{', '.join(_CONFIG_KEYS)}; got {keys!r}")
-    inner = model_from_config(config["inner"], load_backbone_weights=load_backbone_weights)
-    if inner.config.get("num_classes") != config["num_classes"]:
-        raise PrivatenetError(f"bottleneck model config: num_classes {config['num_classes']!r} "
-                              f"differs from its inner model's "
-                              f"{inner.config.get('num_classes')!r}")
+    inner = inner_from_config(config, keys=_CONFIG_KEYS, what="bottleneck",
+                              load_backbone_weights=load_backbone_weights)
     shape = config["shape"]
     if not isinstance(shape, list):
         raise PrivatenetError(f"bottleneck model config: shape {shape!r} is not a list")

@@ -59,7 +59,7 @@ from torch import nn
 
 from privatenet.errors import PrivatenetError
 from privatenet.models.registry import check_num_classes
-from privatenet.models.taps import tap_layer
+from privatenet.models.taps import TapWrapper, tap_layer, wrapped_image_size
 
 __all__ = ["ErasedModel", "TapEraser", "erase_at_tap", "erased_from_config", "fit_eraser"]
 
@@ -309,20 +309,6 @@ def _leace(x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 # --------------------------------------------------------------------------- the erased model
 
 
-class _EraseHook:
-    """Forward hook on the layer that computes the tap: its output replaced by the erased one."""
-
-    def __init__(self, eraser: TapEraser, tap: str) -> None:
-        self.eraser, self.tap = eraser, tap
-
-    def __call__(self, module: nn.Module, inputs: Any, output: Any) -> torch.Tensor:
-        if not isinstance(output, torch.Tensor):
-            raise PrivatenetError(f"tap {self.tap!r}: its layer returns a "
-                                  f"{type(output).__name__}, not a tensor; erase a tap whose "
-                                  "layer returns one tensor")
-        return self.eraser(output)
-
-
 def _image_size(image_size: Any) -> tuple[int, int]:
     if isinstance(image_size, int) and not isinstance(image_size, bool):
         size = (image_size, image_size)
@@ -417,7 +403,7 @@ def _upstream(model: nn.Module, tap: str, path: str, eraser: TapEraser,
     return frozen, pinned
 
 
-class ErasedModel(nn.Module):
+class ErasedModel(TapWrapper):
     """A model with a fixed LEACE eraser at one tap; everything before the tap frozen.
 
     ``inner``: the wrapped model; ``eraser``: the :class:`TapEraser`, applied by a forward hook
@@ -425,6 +411,8 @@ class ErasedModel(nn.Module):
     ``forward_taps`` see erased features downstream, and ``forward_taps``'s ``tap`` output is
     the erased one (what an attacker at the tap reads). Taps before the erased one are
     unchanged; taps after it are computed from erased features (no guarantee holds for them).
+    ``forward_from`` at a tap before the erased one starts before the eraser, which then runs
+    after the cut (its hook is on a later layer).
 
     ``frozen``: names (in ``inner``) of the parameters the tap depends on, with
     ``requires_grad`` False, so an optimizer over ``parameters()`` does not move them (Adam's
@@ -440,7 +428,6 @@ class ErasedModel(nn.Module):
 
     def __init__(self, inner: nn.Module, *, tap: str, eraser: TapEraser,
                  image_size: int | tuple[int, int] | list[int], in_channels: int = 3) -> None:
-        super().__init__()
         if not isinstance(eraser, TapEraser):
             raise PrivatenetError(f"eraser must be a TapEraser (from fit_eraser), got "
                                   f"{type(eraser).__name__}")
@@ -452,12 +439,8 @@ class ErasedModel(nn.Module):
         if ref is not None:
             eraser.to(ref.device)
         frozen, pinned = _upstream(inner, tap, path, eraser, size, in_channels)
-        self.inner = inner
+        super().__init__(inner, tap=tap, module=eraser, what="eraser")
         self.eraser = eraser
-        self.tap = tap
-        self.taps = tuple(inner.taps)
-        self.tap_layers = {t: f"inner.{tap_layer(inner, t)}"
-                           for t in getattr(inner, "tap_layers", {})}
         self.image_size = list(image_size) if isinstance(image_size, (tuple, list)) \
             else image_size
         self.in_channels = in_channels
@@ -465,18 +448,13 @@ class ErasedModel(nn.Module):
         self.pinned = tuple(pinned)
         for name in frozen:
             inner.get_parameter(name).requires_grad_(False)
-        inner.get_submodule(path).register_forward_hook(_EraseHook(eraser, tap))
         self.train(inner.training)
 
     @property
     def config(self) -> dict[str, Any]:
         """Plain-value config from which ``model_from_config`` rebuilds this model."""
-        inner = getattr(self.inner, "config", None)
-        if not isinstance(inner, Mapping):
-            raise AttributeError(f"ErasedModel has no config: its inner "
-                                 f"{type(self.inner).__name__} was not made by create_model, so "
-                                 "it cannot be saved and rebuilt; erase a registry model")
-        return {"name": "erased", "num_classes": inner["num_classes"], "inner": dict(inner),
+        inner = self.inner_config()
+        return {"name": "erased", "num_classes": inner["num_classes"], "inner": inner,
                 "tap": self.tap, "shape": list(self.eraser.shape), "rank": self.eraser.rank,
                 "image_size": self.image_size, "in_channels": self.in_channels}
 
@@ -489,29 +467,6 @@ class ErasedModel(nn.Module):
         for name in self.pinned:
             self.inner.get_submodule(name).training = False
         return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x)
-
-    def forward_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.inner.forward_taps(x)
-
-    def forward_from(self, tap: str, features: torch.Tensor) -> torch.Tensor:
-        """The logits computed from ``tap``'s features, by the inner model's ``forward_from``.
-
-        At the erased tap, ``features`` are the *erased* ones (what ``forward_taps`` returns and
-        an attacker at the tap reads): the eraser belongs to the part before the cut, and only
-        the layers after the tap run here. At a tap after the erased one, likewise. At a tap
-        before it the eraser runs after the cut (its hook is on a later layer), so the features
-        at the cut are not erased. In each case ``forward_from(tap, forward_taps(x)[1][tap])``
-        equals ``forward(x)`` exactly.
-        """
-        cut = getattr(self.inner, "forward_from", None)
-        if cut is None:
-            raise PrivatenetError(f"ErasedModel around {type(self.inner).__name__} cannot be cut "
-                                  "at a tap (its inner model has no forward_from); erase a "
-                                  "registry model (arm_resnet18, arm_small, resnet18, small_cnn)")
-        return cut(tap, features)
 
 
 def erase_at_tap(model: nn.Module, *, tap: str, eraser: TapEraser,
@@ -527,16 +482,7 @@ def erase_at_tap(model: nn.Module, *, tap: str, eraser: TapEraser,
     ``fit(model=..., ...)`` and no regularizer: only the layers after the tap learn. See
     :class:`ErasedModel` and the module docstring for what is (not) guaranteed.
     """
-    if not isinstance(model, nn.Module):
-        raise PrivatenetError(f"erase_at_tap needs an nn.Module, got {type(model).__name__}")
-    if image_size is None:
-        config = getattr(model, "config", None)
-        image_size = config.get("image_size") if isinstance(config, Mapping) else None
-        if image_size is None:
-            name = config.get("name") if isinstance(config, Mapping) else type(model).__name__
-            raise PrivatenetError(f"erase_at_tap: model {name!r} has no image_size in its "
-                                  "config; pass image_size=<side of the images the eraser's "
-                                  "features were extracted from>")
+    image_size = wrapped_image_size(model, image_size, who="erase_at_tap")
     tap_layer(model, tap)  # unknown tap: fail before copying
     return ErasedModel(copy.deepcopy(model), tap=tap, eraser=eraser, image_size=image_size,
                        in_channels=in_channels)
@@ -547,16 +493,10 @@ def erased_from_config(config: Mapping[str, Any], *, load_backbone_weights: bool
     """Rebuild an :class:`ErasedModel` from its ``config`` with an identity eraser of the saved
     shape and rank (``model_from_config`` calls this for ``name == "erased"``); load the
     checkpoint's state dict into it for the fitted eraser and weights."""
-    from privatenet.models.registry import model_from_config
+    from privatenet.models.registry import inner_from_config
 
-    if not isinstance(config, Mapping) or set(config) != set(_CONFIG_KEYS):
-        keys = sorted(config) if isinstance(config, Mapping) else config
-        raise PrivatenetError(f"erased model config must have exactly the keys "
-                              f"{', '.join(_CONFIG_KEYS)}; got {keys!r}")
-    inner = model_from_config(config["inner"], load_backbone_weights=load_backbone_weights)
-    if inner.config.get("num_classes") != config["num_classes"]:
-        raise PrivatenetError(f"erased model config: num_classes {config['num_classes']!r} "
-                              f"differs from its inner model's {inner.config.get('num_classes')!r}")
+    inner = inner_from_config(config, keys=_CONFIG_KEYS, what="erased",
+                              load_backbone_weights=load_backbone_weights)
     eraser = TapEraser(shape=config["shape"], rank=config["rank"])
     return ErasedModel(inner, tap=config["tap"], eraser=eraser, image_size=config["image_size"],
                        in_channels=config["in_channels"])

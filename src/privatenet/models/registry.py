@@ -19,8 +19,8 @@ from torch import nn
 from privatenet.errors import PrivatenetError
 from privatenet.readers import brief
 
-__all__ = ["create_model", "list_models", "model_from_config", "model_options", "model_taps",
-           "register_family", "register_model", "register_wrapper"]
+__all__ = ["create_model", "inner_from_config", "list_models", "model_from_config",
+           "model_options", "model_taps", "register_family", "register_model", "register_wrapper"]
 
 
 @dataclass(frozen=True)
@@ -193,3 +193,19 @@ def model_from_config(config: Mapping[str, Any], *, load_backbone_weights: bool 
     model = create_model(name, num_classes=num_classes, **options)
     model.config = dict(config)
     return model
+
+
+def inner_from_config(config: Mapping[str, Any], *, keys: tuple[str, ...], what: str,
+                      load_backbone_weights: bool = False) -> nn.Module:
+    """The inner model of a wrapper's ``config`` (a model erased or bottlenecked at a tap),
+    after checking that the config has exactly ``keys`` and that the inner model's number of
+    classes is the wrapper's; ``what`` names the wrapper in the one-line errors."""
+    if not isinstance(config, Mapping) or set(config) != set(keys):
+        got = sorted(config) if isinstance(config, Mapping) else config
+        raise PrivatenetError(f"{what} model config must have exactly the keys "
+                              f"{', '.join(keys)}; got {got!r}")
+    inner = model_from_config(config["inner"], load_backbone_weights=load_backbone_weights)
+    if inner.config.get("num_classes") != config["num_classes"]:
+        raise PrivatenetError(f"{what} model config: num_classes {config['num_classes']!r} "
+                              f"differs from its inner model's {inner.config.get('num_classes')!r}")
+    return inner

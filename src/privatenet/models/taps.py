@@ -16,7 +16,7 @@ from torch import nn
 
 from privatenet.errors import PrivatenetError
 
-__all__ = ["TappedModel", "require_tap", "tap_layer", "tap_shapes", "with_taps"]
+__all__ = ["TapWrapper", "TappedModel", "require_tap", "tap_layer", "tap_shapes", "with_taps"]
 
 
 class TappedModel(nn.Module):
@@ -165,3 +165,81 @@ def tap_shapes(model: nn.Module, *, image_size: int | tuple[int, int], in_channe
         for m, flag in flags.items():
             m.training = flag
     return {name: tuple(t.shape[1:]) for name, t in taps.items()}
+
+
+def wrapped_image_size(model: nn.Module, image_size: object, *, who: str) -> object:
+    """``image_size`` if given, else ``model``'s config's (the side of the images a wrapper's
+    probe forward uses), else a one-line :class:`PrivatenetError` from ``who``."""
+    if not isinstance(model, nn.Module):
+        raise PrivatenetError(f"{who} needs an nn.Module, got {type(model).__name__}")
+    if image_size is None:
+        config = getattr(model, "config", None)
+        image_size = config.get("image_size") if isinstance(config, Mapping) else None
+        if image_size is None:
+            name = config.get("name") if isinstance(config, Mapping) else type(model).__name__
+            raise PrivatenetError(f"{who}: model {name!r} has no image_size in its config; "
+                                  "pass image_size=<side of its input images>")
+    return image_size
+
+
+class _TapOutputHook:
+    """Forward hook on the layer that computes a tap: its output replaced by ``module(output)``."""
+
+    def __init__(self, module: nn.Module, tap: str, what: str) -> None:
+        self.module, self.tap, self.what = module, tap, what
+
+    def __call__(self, layer: nn.Module, inputs: object, output: object) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor):
+            raise PrivatenetError(f"tap {self.tap!r}: its layer returns a "
+                                  f"{type(output).__name__}, not a tensor; put the {self.what} "
+                                  "at a tap whose layer returns one tensor")
+        return self.module(output)
+
+
+class TapWrapper(nn.Module):
+    """A model (``inner``) with ``module`` applied to one tap's output by a forward hook on the
+    layer that computes it, so ``forward`` and ``forward_taps`` see the changed features
+    downstream and ``forward_taps``'s ``tap`` output is the changed one (what an attacker at the
+    tap reads). The base of the erased (:mod:`privatenet.erasure`) and bottlenecked
+    (:mod:`privatenet.bottleneck`) networks; ``what`` names the module in messages.
+
+    ``forward_from(tap, features)`` runs the inner model's layers after ``tap``: at the changed
+    tap, ``features`` are the changed ones (the module belongs to the part before the cut), so
+    ``forward_from(tap, forward_taps(x)[1][tap])`` equals the logits of the same pass.
+    """
+
+    def __init__(self, inner: nn.Module, *, tap: str, module: nn.Module, what: str) -> None:
+        super().__init__()
+        path = tap_layer(inner, tap)
+        self.inner, self.tap, self.what = inner, tap, what
+        self.taps = tuple(inner.taps)
+        self.tap_layers = {t: f"inner.{tap_layer(inner, t)}"
+                           for t in getattr(inner, "tap_layers", {})}
+        inner.get_submodule(path).register_forward_hook(_TapOutputHook(module, tap, what))
+
+    def inner_config(self) -> dict:
+        """The inner model's registry config, or AttributeError (a wrapper of a model not made
+        by ``create_model`` cannot be saved and rebuilt)."""
+        inner = getattr(self.inner, "config", None)
+        if not isinstance(inner, Mapping):
+            raise AttributeError(f"{type(self).__name__} has no config: its inner "
+                                 f"{type(self.inner).__name__} was not made by create_model, so "
+                                 "it cannot be saved and rebuilt; wrap a registry model")
+        return dict(inner)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+    def forward_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.inner.forward_taps(x)
+
+    def forward_from(self, tap: str, features: torch.Tensor) -> torch.Tensor:
+        """The logits computed from ``tap``'s features by the inner model's ``forward_from``
+        (see the class docstring for which features a tap holds)."""
+        cut = getattr(self.inner, "forward_from", None)
+        if cut is None:
+            raise PrivatenetError(f"{type(self).__name__} around {type(self.inner).__name__} "
+                                  "cannot be cut at a tap (its inner model has no "
+                                  "forward_from); wrap a registry model (arm_resnet18, "
+                                  "arm_small, resnet18, small_cnn)")
+        return cut(tap, features)
