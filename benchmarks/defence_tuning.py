@@ -11,6 +11,11 @@ Usage::
 
     python benchmarks/defence_tuning.py                       # demo data, age, backbone
     python benchmarks/defence_tuning.py --channels 8,16,32 --lams 0.25,0.5 --zoo full
+    python benchmarks/defence_tuning.py --data digits:size=64,seed=0,test_fraction=0.25 \
+        --target digit --private ink --attacker-share 0.3 --channels 16,32,64 --zoo full
+
+Give the ``--attacker-share`` of the benchmark run the settings are for, so that the rows its
+attackers train on are carved out here too and never read.
 
 Prints one row per candidate (the lambda = 0 control first): utility on U, worst leakage,
 floor and gap. Settings are read off this table before any benchmark audit is run.
@@ -54,8 +59,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--channels", default="16", help="comma list of code channels")
     p.add_argument("--lams", default="0.5", help="comma list of lambdas")
     p.add_argument("--zoo", choices=("quick", "full"), default="quick")
+    p.add_argument("--attacker-share", type=float, default=0.2,
+                   help="the benchmark run's share (its attacker rows must stay unread here)")
     args = p.parse_args(argv)
-    overrides = {"target": args.target, "private": [args.private], "device": "cpu"}
+    overrides = {"target": args.target, "private": [args.private], "device": "cpu",
+                 "attacker_share": args.attacker_share}
     if args.data:
         overrides["data"] = args.data
     cfg = resolve_config("demo", overrides)

@@ -266,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of the train split carved out for the audit's attackers before "
                         "any training (default 0.2, at most 0.5; 0: none, the audit cross-fits "
                         "on the test rows); a data set's own attacker split is used as it is")
+    g.add_argument("--bottleneck-channels", type=int, default=None,
+                   help="the vib defence's code channels (default 16)")
     g.add_argument("--latency-precision", choices=("fp32", "bf16"), default=None,
                    help="Table 3 precision (default fp32, the paper's)")
     g = p.add_argument_group("optimisation")
@@ -807,7 +809,7 @@ def cmd_reproduce(args) -> int:
         "adversarial_update": args.adversarial_update, "backbone_weights": args.backbone_weights,
         "seeds": args.seeds, "latency_precision": args.latency_precision,
         "audit_zoo": args.audit_zoo, "attacker_share": args.attacker_share,
-        **_speed_settings(args)}
+        "vib_channels": args.bottleneck_channels, **_speed_settings(args)}
     config = resolve_config(args.preset, overrides)
     if args.dry_run:
         return _print_plan(config, args.out)

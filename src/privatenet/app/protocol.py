@@ -37,7 +37,7 @@ from privatenet.app.jobs import (
 )
 from privatenet.app.latency import PRECISIONS, latency_ms
 from privatenet.audit import AUDIT_PROTOCOL, check_audit_rows, check_audit_settings
-from privatenet.bottleneck import VIB_CHANNELS
+from privatenet.bottleneck import VIB_CHANNELS, check_channels
 from privatenet.data import load_dataset
 from privatenet.data.base import (
     ATTACKER_SPLIT,
@@ -101,6 +101,7 @@ class ProtocolConfig:
     # Share of the train split carved out for the audit's attackers before anything is trained
     # (docs/design.md §5); 0, or a data set with its own attacker split, carves nothing.
     attacker_share: float = 0.2
+    vib_channels: int = VIB_CHANNELS  # the vib defence's code channels
     audit_mdl: bool = False  # add the online description length to the audit column
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=200))
     adversary_epochs: int = 200
@@ -155,6 +156,7 @@ class ProtocolConfig:
         if self.audit_zoo != "none":
             check_audit_settings(zoo=self.audit_zoo, seeds=1)
         self.attacker_share = check_attacker_share(self.attacker_share)
+        check_channels(self.vib_channels)
         if self.backbone_weights is not None:
             if "backbone_weights" not in model_options(self.model):
                 raise PrivatenetError(f"backbone_weights: model {self.model!r} takes no "
@@ -620,7 +622,7 @@ def _one_seed(config: ProtocolConfig, task_cfg: TrainConfig, data, taps: list[st
             if loss == "hsic+leace":  # the control's epochs, split between its two steps
                 key["budget"] = "equal"
             if loss == "vib":
-                privacy["channels"] = key["channels"] = VIB_CHANNELS
+                privacy["channels"] = key["channels"] = config.vib_channels
             name = f"private-{loss}-{tap}-{attr}-lam{lam:g}"
             net, net_dir, net_hash = stages.run(name + tag, key, lambda d: train_job(
                 data=data, out=d, model=config.model, target=config.target, config=priv_cfg,
