@@ -214,9 +214,9 @@ def _sweep_of(config: ProtocolConfig, taps: list[str]) -> tuple[str, str]:
 #: RAF-DB, gender and age, taps backbone and arm, its two losses with the known adversary held
 #: fixed; batch 256 and the rest of the recipe from the public ARM scripts; pass
 #: ``backbone_weights`` for its ImageNet start); ``quick`` the same network with every defence
-#: and 20 epochs; ``demo`` the CPU demo on synthfaces (2,500 faces, so that it runs in under 5
-#: minutes on 2 cores; the backbone tap and age, the paper's two losses and leace, a three-point
-#: sweep); ``smoke`` a seconds-long check of the plumbing.
+#: and 20 epochs; ``demo`` the CPU demo on synthfaces (3,000 faces, so that it runs in under 5
+#: minutes on 2 cores; the backbone tap and age, the paper's two losses, leace and vib, a
+#: three-point sweep); ``smoke`` a seconds-long check of the plumbing.
 #: Without a preset, every defence is compared (:data:`~privatenet.app.jobs.DEFENCES`).
 PRESETS: dict[str, dict] = {
     "paper": {"model": "arm_resnet18", "image_size": 224, "epochs": 200,
@@ -230,7 +230,7 @@ PRESETS: dict[str, dict] = {
     "demo": {"data": "synthfaces:n=3000,size=64", "model": "arm_small", "image_size": 64,
              "epochs": 8, "adversary_epochs": 15, "privacy_epochs": 4, "batch_size": 64,
              "lr": 2e-3, "private": ["age"], "taps": ["backbone"],
-             "losses": ["confusion", "adversarial", "leace"],
+             "losses": ["confusion", "adversarial", "leace", "vib"],
              "lambdas": [0.0, 0.5, 1.0], "latency_repeats": 30,
              "audit_zoo": "quick"},  # the full zoo does not fit the demo's 5 minutes
     "smoke": {"model": "small_cnn", "image_size": 32, "epochs": 1, "adversary_epochs": 1,
