@@ -11,7 +11,9 @@ The method in your own training loop::
                               num_classes=2)
     pn.fit_adversary(adv, features, private, epochs=10)          # the known adversary
     reg = pn.PrivacyRegularizer(adv, loss="confusion", lam=0.5)  # Eq. 8 (or "ensemble";
-    # pn.PrivacyRegularizer(None, loss="hsic", lam=0.5, num_classes=2) needs no adversary)
+    # pn.PrivacyRegularizer(None, loss="hsic", lam=0.5, num_classes=2) needs no adversary;
+    # vib: net = pn.bottleneck_at_tap(net, tap="backbone", channels=16, image_size=224) and
+    # pn.PrivacyRegularizer(None, loss="vib", lam=0.5, bottleneck=net.bottleneck))
     loss = reg(task_loss, taps["backbone"], private)              # -1 = unknown label
     print(pn.leakage(pred, private, num_classes=2))
     # attackers on rows no part of the defence saw (attacker=None: cross-fitted on scoring);
@@ -23,6 +25,7 @@ See docs/design.md for the method and README.md for the command line.
 """
 
 from privatenet.audit import audit
+from privatenet.bottleneck import bottleneck_at_tap
 from privatenet.data import load_dataset
 from privatenet.data.base import carve_attacker_split
 from privatenet.erasure import ErasedModel, TapEraser, erase_at_tap, fit_eraser
@@ -56,6 +59,7 @@ __all__ = [
     "TrainConfig",
     "adversarial_loss",
     "audit",
+    "bottleneck_at_tap",
     "carve_attacker_split",
     "confusion_loss",
     "create_adversary",

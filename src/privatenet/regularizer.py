@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from privatenet.bottleneck import TapBottleneck
 from privatenet.data.base import MISSING
 from privatenet.errors import PrivatenetError
 from privatenet.losses import (
@@ -214,8 +215,6 @@ class PrivacyRegularizer(nn.Module):
         if loss in ("hsic", "vib") and adversary is not None:
             raise PrivatenetError(f"loss={loss!r} uses no adversary; pass None as the adversary")
         if loss == "vib":
-            from privatenet.bottleneck import TapBottleneck
-
             if not isinstance(bottleneck, TapBottleneck):
                 raise PrivatenetError("loss='vib' needs bottleneck=<the TapBottleneck at the tap> "
                                       "(privatenet.bottleneck_at_tap(model, ...).bottleneck)")

@@ -212,9 +212,8 @@ def make_regularizer(privacy: dict, *, adversary: torch.nn.Module | None,
                      bottleneck: torch.nn.Module | None = None) -> PrivacyRegularizer:
     """The privacy term of one attribute for ``privacy`` (see :func:`train_job`). ``hsic``
     and ``vib`` (the KL of ``bottleneck``) take no adversary (a known one is only scored);
-    ``ensemble`` starts from the known
-    adversary, if any, beside members of other capacities; the adversaries' own steps use the
-    run's Adam settings and seed."""
+    ``ensemble`` starts from the known adversary, if any, beside members of other capacities;
+    the adversaries' own steps use the run's Adam settings and seed."""
     loss, lam = privacy["loss"], float(privacy["lam"])
     if loss == "hsic":
         return PrivacyRegularizer(None, loss=loss, lam=lam, num_classes=num_classes)
