@@ -32,6 +32,7 @@ import importlib.util
 import json
 import math
 import os
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -42,6 +43,7 @@ from torch import nn
 
 from privatenet.bottleneck import TapBottleneck
 from privatenet.errors import PrivatenetError
+from privatenet.models.taps import tap_layer
 
 __all__ = ["DEPLOY_PACKAGES", "EXPORT_FILES", "OPSET", "SPLITTABLE", "TOLERANCE",
            "check_split", "export_split", "require_deploy"]
@@ -152,6 +154,102 @@ class _Trusted(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net.forward_from(self.tap, features)
+
+
+class _ReachedTap(Exception):
+    """Raised by :class:`_UpToTap`'s hook to stop a forward pass at the tap."""
+
+    def __init__(self, features: torch.Tensor) -> None:
+        super().__init__()
+        self.features = features
+
+
+class _UpToTap(nn.Module):
+    """The layers up to the tap and nothing after, for costs: the forward pass stops where the
+    tap's layer returns (after any hook a wrapper put there; the tap may be a view of that
+    output), so its cost is the untrusted part's alone (``_Untrusted`` runs the whole
+    ``forward_taps``, which ONNX export then prunes)."""
+
+    def __init__(self, net: nn.Module, tap: str) -> None:
+        super().__init__()
+        self.net, self.layer = net, net.get_submodule(tap_layer(net, tap))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        def stop(_module, _inputs, output):
+            raise _ReachedTap(output)
+
+        handle = self.layer.register_forward_hook(stop)
+        try:
+            self.net.forward_taps(image)
+        except _ReachedTap as reached:
+            return reached.features
+        finally:
+            handle.remove()
+        raise PrivatenetError("the forward pass never reached the tap's layer")
+
+
+def _time_ms(part: nn.Module, x: torch.Tensor, *, repeats: int, warmup: int = 3) -> float:
+    """Mean wall time in ms of ``part(x)`` over ``repeats`` calls after ``warmup``."""
+    for _ in range(warmup):
+        part(x)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        part(x)
+    return (time.perf_counter() - start) * 1000.0 / repeats
+
+
+def _macs(part: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-accumulates of one call ``part(x)`` (torch's FLOP counter: 2 FLOPs per MAC)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        part(x)
+    return counter.get_total_flops() // 2
+
+
+@torch.no_grad()
+def split_costs(model: nn.Module, *, image_size: int, repeats: int = 20) -> list[dict]:
+    """What each cut of ``model`` costs, one row per tap (in the model's tap order): the
+    parameters and multiply-accumulates of the untrusted part (image -> tap) and of the
+    trusted part (tap -> logits, the TEE's), the bytes per image that cross the boundary (the
+    tap's float32 features) and each part's measured time per image on this machine's CPU
+    (batch 1, eval mode, mean of ``repeats`` calls; weights of any kind: the costs do not depend
+    on training). Parameters are counted by autograd: those each part's output depends on.
+
+    ``model``: a network :func:`check_split` accepts (a vib network included: its noise is
+    part of the untrusted side's cost); it is copied to the CPU and not modified.
+    """
+    from privatenet.data.spec import check_image_size
+
+    name = _model_name(model)
+    if not isinstance(model, nn.Module) or not _can_cut(model):
+        raise PrivatenetError(f"model {name!r} cannot be split at a tap: it has no "
+                              "forward_from(tap, features); use one of "
+                              f"{', '.join(SPLITTABLE)}, or one of them wrapped at a tap")
+    size = check_image_size(image_size)
+    if size is None:
+        raise PrivatenetError(f"image_size=None; give the side of the images model {name!r} "
+                              "takes")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise PrivatenetError(f"repeats={repeats!r} is invalid; give an integer >= 1")
+    net = copy.deepcopy(model).cpu().eval()
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    rows = []
+    for tap in net.taps:
+        untrusted, trusted = _Untrusted(net, tap), _Trusted(net, tap)
+        features = untrusted(x)
+        upstream = _UpToTap(net, tap)  # the same layers, without computing the rest
+        rows.append({
+            "tap": tap, "features_shape": list(features.shape[1:]),
+            "bytes_per_image": features[0].numel() * 4,
+            "untrusted": {"parameters": _used_parameters(net, lambda u=untrusted: u(x)),
+                          "macs": _macs(upstream, x),
+                          "ms": _time_ms(upstream, x, repeats=repeats)},
+            "trusted": {"parameters": _used_parameters(net, lambda t=trusted, f=features:
+                                                       t(f)),
+                        "macs": _macs(trusted, features),
+                        "ms": _time_ms(trusted, features, repeats=repeats)}})
+    return rows
 
 
 def _first_line(exc: BaseException) -> str:
