@@ -153,7 +153,7 @@ def test_help_explains_every_option(capsys):
     commands = next(a for a in parser._actions
                     if isinstance(a, argparse._SubParsersAction)).choices
     assert set(commands) == {"train", "attack", "audit", "reproduce", "demo", "import-checkpoint",
-                             "data-info", "export", "video", "bench"}
+                             "data-info", "export", "video", "bench", "split-advisor"}
     for name, sub in [("privatenet", parser), *commands.items()]:
         for action in sub._actions:
             assert action.help and action.help.strip() and action.help != argparse.SUPPRESS, \

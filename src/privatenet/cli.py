@@ -215,6 +215,30 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True,
                    help="folder to create: audit.json, audit.md, audit.png, results.json")
 
+    p = sub.add_parser("split-advisor", help="where to cut a network for a trusted enclave",
+                       description="Audit every tap of a trained network on rows it never saw "
+                                   "(as 'audit' does), measure what each cut costs (parameters, "
+                                   "multiply-accumulates and time of the untrusted and the "
+                                   "trusted part, bytes crossing), and advise the cut with the "
+                                   "smallest trusted part whose leakage is within --tolerance "
+                                   "above the floor (what the task output reveals).")
+    g = p.add_argument_group("what to advise on")
+    g.add_argument("--run", required=True, help="folder of a finished 'privatenet train' run")
+    g.add_argument("--private", required=True, help="private attribute column to predict")
+    g.add_argument("--zoo", choices=("quick", "full"), default="full",
+                   help="attacker zoo of every tap's audit (default full)")
+    g.add_argument("--tolerance", type=float, default=0.05,
+                   help="largest accepted gap above the floor, in normalised leakage (default "
+                        "0.05)")
+    g.add_argument("--repeats", type=int, default=20,
+                   help="timed calls of each part (default 20)")
+    _data_args(p, required=False)
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=0, help="seed of the attackers and any noise")
+    g.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (feature extraction)")
+    g.add_argument("--out", required=True,
+                   help="folder: advice.json, advice.md, advice.png and one audit per tap")
+
     p = sub.add_parser("reproduce", help="the paper's whole protocol: Tables 1-3 and Fig. 2",
                        description="Train the original network, attack it (Table 1), train "
                                    "privacy-preserving networks and attack them with the known "
@@ -638,6 +662,32 @@ def cmd_audit(args) -> int:
     return 0
 
 
+def cmd_split_advisor(args) -> int:
+    from privatenet.app.advisor import check_tolerance, split_advice_job
+    from privatenet.app.report import advice_markdown
+    from privatenet.audit import check_audit_settings
+    from privatenet.train.config import TrainConfig
+
+    # Checked before the data loads.
+    config = TrainConfig(seed=args.seed, device=args.device)
+    check_audit_settings(zoo=args.zoo, seeds=1)
+    check_tolerance(args.tolerance)
+    if args.repeats < 1:
+        raise PrivatenetError(f"--repeats {args.repeats} is invalid; give an integer >= 1")
+    data = _data_of_run(args)
+
+    def on_attacker(what: str, name: str) -> None:
+        print(f"[split-advisor] {what}: {name}", file=sys.stderr, flush=True)
+
+    advice = split_advice_job(data=data, model_run=args.run, attribute=args.private,
+                              config=config, out=args.out, zoo=args.zoo,
+                              tolerance=args.tolerance, repeats=args.repeats,
+                              on_attacker=on_attacker)
+    print(advice_markdown(advice))
+    print(f"folder: {args.out}")
+    return 0
+
+
 def cmd_import_checkpoint(args) -> int:
     from privatenet.app.jobs import import_public_job
     from privatenet.train.config import TrainConfig
@@ -856,7 +906,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "attack": cmd_attack, "audit": cmd_audit,
-            "reproduce": cmd_reproduce,
+            "split-advisor": cmd_split_advisor, "reproduce": cmd_reproduce,
             "demo": cmd_demo, "import-checkpoint": cmd_import_checkpoint,
             "export": cmd_export, "data-info": cmd_data_info, "video": cmd_video,
             "bench": cmd_bench}

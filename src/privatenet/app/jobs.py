@@ -557,8 +557,8 @@ AUDIT_IMAGE_SIDE = 16
 
 def audit_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str,
               config: TrainConfig, out: str | Path, zoo: str = "full", seeds: int = 1,
-              folds: int = 5, controls: bool = True, mdl: bool = True, in_sample: bool = False,
-              on_attacker=None) -> dict:
+              folds: int = 5, controls: bool | str = True, mdl: bool = True,
+              in_sample: bool = False, on_attacker=None) -> dict:
     """The worst-case leakage audit (:func:`privatenet.audit.audit`) of ``tap`` of a trained
     network for ``attribute``, with attackers that never saw a defender row.
 
@@ -573,13 +573,15 @@ def audit_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str,
     role), ``audit.md``, ``audit.png`` and ``results.json`` (the headline, written last) into
     ``out``; the same call again returns the finished audit. ``controls=False`` and
     ``mdl=False`` leave out the controls and the description length (Table 2's audit column
-    needs neither)."""
+    needs neither); ``controls="floor"`` keeps the task output alone."""
     from torch.nn.functional import interpolate
 
     from privatenet.app.report import audit_markdown, plot_audit
     from privatenet.audit import AUDIT_PROTOCOL, audit, check_audit_settings
 
     check_audit_settings(zoo=zoo, seeds=seeds, folds=folds)
+    if controls not in (True, False, "floor"):
+        raise PrivatenetError(f"controls={controls!r} is invalid; give True, False or 'floor'")
     net, meta, train, test = _attacked_network(model_run, data, tap, attribute, "audit")
     fresh = ATTACKER_SPLIT in data.splits
     attackers = data.split(ATTACKER_SPLIT, [attribute]) if fresh else None
@@ -612,6 +614,8 @@ def audit_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str,
 
         control_features = None
         if controls:
+            control_features = {"task output": features(net, None)}
+        if controls is True:
             seed_everything(config.seed)
             random_net = model_from_config(net.config).to(device)
 
@@ -619,11 +623,10 @@ def audit_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str,
                 return interpolate(split.images.float() / 255.0, size=AUDIT_IMAGE_SIDE,
                                    mode="area").flatten(1)
 
-            control_features = {
-                "task output": features(net, None),
+            control_features.update({
                 "random network": features(random_net, tap),
                 f"image {AUDIT_IMAGE_SIDE}x{AUDIT_IMAGE_SIDE}": features(None, None, image),
-            }
+            })
         att_feats, test_feats = features(net, tap)
         heads = {}
         if zoo == "full":  # the model's head for this tap retrained, and a deeper one on maps

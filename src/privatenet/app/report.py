@@ -315,3 +315,62 @@ def plot_audit(result: dict) -> bytes:
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=2,
                   frameon=False)
     return _png(fig)
+
+
+def advice_markdown(advice: dict) -> str:
+    """The split advisor's table (one row per tap) and its advice."""
+    rows = []
+    for r in advice["rows"]:
+        u, t = r["untrusted"], r["trusted"]
+        rising = ", rising" if r["still_rising"] else ""
+        rows.append([r["tap"], "x".join(map(str, r["features_shape"])),
+                     f"{r['bytes_per_image']:,}", f"{r['worst']:+.3f} ({r['attacker']}{rising})",
+                     f"{r['gap']:+.3f}", f"{u['parameters']:,}", f"{u['macs'] / 1e6:,.2f}",
+                     f"{u['ms']:.2f}", f"{t['parameters']:,}", f"{t['macs'] / 1e6:,.4f}",
+                     f"{t['ms']:.3f}"])
+    f = advice["floor"]
+    pick = advice["advice"]
+    verdict = (f"**Advice: cut at `{pick}`**, the cut with the smallest trusted part among those "
+               f"whose gap is at most {advice['tolerance']:.3f}." if pick else
+               f"**No cut has a gap within {advice['tolerance']:.3f}**: every tap reveals more "
+               "than the tolerance allows above what the output reveals; train a defence at a "
+               "tap (docs/design.md §2.2) or accept a larger gap.")
+    how = ("attackers cross-fitted on the test rows (data-limited)" if advice["data_limited"]
+           else "attackers trained on the attacker split, scored on the test rows")
+    return "\n".join([
+        f"Where to cut `{advice['model_run']}` for `{advice['attribute']}`: the {advice['zoo']} "
+        f"zoo's worst leakage at each tap ({how}), the gap above the floor (the same zoo on the "
+        f"task output: {f['leakage']:+.3f}, {f['attacker']}), and each part's cost at batch 1 "
+        "on this machine's CPU ('rising': the learning curve still rose, a lower bound).", "",
+        _table(["tap", "features", "bytes/image", "worst leakage", "gap", "untrusted params",
+                "untrusted M MACs", "untrusted ms", "trusted params", "trusted M MACs",
+                "trusted ms"], rows), "", verdict, ""])
+
+
+def plot_split_advice(advice: dict) -> bytes:
+    """Leakage at each cut against the trusted part's multiply-accumulates, with the floor and
+    the tolerance above it; the advised cut circled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    floor = advice["floor"]["leakage"]
+    for r in advice["rows"]:
+        x = max(r["trusted"]["macs"], 1)
+        ax.scatter([x], [r["worst"]], color="tab:red", zorder=3)
+        ax.annotate(f"{r['tap']} ({r['bytes_per_image']:,} B)", (x, r["worst"]),
+                    textcoords="offset points", xytext=(6, 4), fontsize=8)
+        if r["tap"] == advice["advice"]:
+            ax.scatter([x], [r["worst"]], s=220, facecolors="none", edgecolors="black",
+                       zorder=4, label="advised cut")
+    ax.axhline(floor, color="black", lw=1, ls="--", label="floor (task output)")
+    ax.axhline(floor + advice["tolerance"], color="gray", lw=1, ls=":",
+               label=f"floor + tolerance {advice['tolerance']:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("trusted part: multiply-accumulates per image (log)")
+    ax.set_ylabel("worst leakage at the cut")
+    ax.set_title(f"where to cut for {advice['attribute']!r} ({advice['zoo']} zoo)", fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    return _png(fig)
