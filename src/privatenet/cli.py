@@ -39,6 +39,26 @@ def _model_name(value: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _audited_args(g):
+    """--run, --private and --zoo of the commands that audit a trained network."""
+    g.add_argument("--run", required=True, help="folder of a finished 'privatenet train' run")
+    g.add_argument("--private", required=True, help="private attribute column to predict")
+    g.add_argument("--zoo", choices=("quick", "full"), default="full",
+                   help="full (default, the headline): logistic, kNN, boosted trees, an MLP, "
+                        "the model's adversary head for the tap retrained and a deeper conv "
+                        "head on maps; quick: logistic, kNN, boosted trees (a preview)")
+    return g
+
+
+def _audit_run_args(p: argparse.ArgumentParser, *, seed: str, out: str) -> None:
+    """The data (default: the audited run's) and --seed, --device, --out of an audit."""
+    _data_args(p, required=False)
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=0, help=seed)
+    g.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (feature extraction)")
+    g.add_argument("--out", required=True, help=out)
+
+
 def _data_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None, required=required,
@@ -192,14 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "an online description length and three controls: the task "
                                    "output (the floor), a randomly initialised network and the "
                                    "image at 16x16.")
-    g = p.add_argument_group("what to audit")
-    g.add_argument("--run", required=True, help="folder of a finished 'privatenet train' run")
+    g = _audited_args(p.add_argument_group("what to audit"))
     g.add_argument("--tap", required=True, help="feature tap to audit (see the model's taps)")
-    g.add_argument("--private", required=True, help="private attribute column to predict")
-    g.add_argument("--zoo", choices=("quick", "full"), default="full",
-                   help="full (default, the headline): logistic, kNN, boosted trees, an MLP, "
-                        "the model's adversary head for this tap retrained and a deeper conv "
-                        "head on maps; quick: logistic, kNN, boosted trees (a preview)")
     g.add_argument("--seeds", type=int, default=1,
                    help="seeds of the folds, validation parts and attackers (mean and std)")
     g.add_argument("--folds", type=int, default=5,
@@ -208,12 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--in-sample", action="store_true",
                    help="add a column of attackers trained on the network's own train rows "
                         "(labelled: what an audit on defender rows would wrongly report)")
-    _data_args(p, required=False)
-    g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=0, help="seed of the random-network control")
-    g.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (feature extraction)")
-    g.add_argument("--out", required=True,
-                   help="folder to create: audit.json, audit.md, audit.png, results.json")
+    _audit_run_args(p, seed="seed of the attackers and the random-network control",
+                    out="folder to create: audit.json, audit.md, audit.png, results.json")
 
     p = sub.add_parser("split-advisor", help="where to cut a network for a trusted enclave",
                        description="Audit every tap of a trained network on rows it never saw "
@@ -222,22 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "trusted part, bytes crossing), and advise the cut with the "
                                    "smallest trusted part whose leakage is within --tolerance "
                                    "above the floor (what the task output reveals).")
-    g = p.add_argument_group("what to advise on")
-    g.add_argument("--run", required=True, help="folder of a finished 'privatenet train' run")
-    g.add_argument("--private", required=True, help="private attribute column to predict")
-    g.add_argument("--zoo", choices=("quick", "full"), default="full",
-                   help="attacker zoo of every tap's audit (default full)")
+    g = _audited_args(p.add_argument_group("what to advise on"))
     g.add_argument("--tolerance", type=float, default=0.05,
                    help="largest accepted gap above the floor, in normalised leakage (default "
                         "0.05)")
     g.add_argument("--repeats", type=int, default=20,
                    help="timed calls of each part (default 20)")
-    _data_args(p, required=False)
-    g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=0, help="seed of the attackers and any noise")
-    g.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (feature extraction)")
-    g.add_argument("--out", required=True,
-                   help="folder: advice.json, advice.md, advice.png and one audit per tap")
+    _audit_run_args(p, seed="seed of the attackers and of a vib network's noise",
+                    out="folder: advice.json, advice.md, advice.png and one audit per tap")
 
     p = sub.add_parser("reproduce", help="the paper's whole protocol: Tables 1-3 and Fig. 2",
                        description="Train the original network, attack it (Table 1), train "
