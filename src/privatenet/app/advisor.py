@@ -50,11 +50,11 @@ def split_advice_job(*, data: Dataset, model_run: str | Path, attribute: str,
     from privatenet.app.report import advice_markdown, plot_split_advice
 
     tolerance = check_tolerance(tolerance)
+    out = Path(out)
+    if out.exists() and not out.is_dir():  # refused before any network is loaded or timed
+        raise PrivatenetError(f"{out} is a file, not a folder; choose a folder for the advice")
     net, _ = load_model(model_run)
     costs = split_costs(net, image_size=image_size_of(data), repeats=repeats)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise PrivatenetError(f"{out} is a file, not a folder; choose a folder for the advice")
     rows, floor = [], None
     for i, cost in enumerate(costs):
         tap = cost["tap"]
