@@ -123,7 +123,8 @@ def test_train_then_attack_and_audit_a_vib_network(tmp_path, make_manifest, caps
     assert audits[0]["worst"] == audits[1]["worst"]  # the noise follows the seed
     with pytest.raises(PrivatenetError, match="vib bottleneck.*not implemented"):
         check_split(net, tap="backbone")
-    with pytest.raises(PrivatenetError, match="channels= applies to the vib defence only"):
+    with pytest.raises(PrivatenetError,
+                       match="channels= applies to the vib and vib.leace defences only"):
         train_job(data=data, out=tmp_path / "x", model="small_cnn", target="emotion",
                   config=CFG, init_from=original,
                   privacy={**privacy, "loss": "hsic"})
@@ -132,7 +133,7 @@ def test_train_then_attack_and_audit_a_vib_network(tmp_path, make_manifest, caps
     assert main(["train", "--data", f"manifest:{csv}", "--model", "small_cnn", "--epochs",
                  "1", "--device", "cpu", "--loss", "hsic", "--tap", "pool", "--private",
                  "gender", "--bottleneck-channels", "4", "--out", str(tmp_path / "y")]) == 2
-    assert "applies to --loss vib only" in capsys.readouterr().err
+    assert "applies to --loss vib or vib+leace only" in capsys.readouterr().err
     meta = json.loads((tmp_path / "vib" / "model.json").read_text())
     assert meta["module"]["name"] == "bottleneck"
 

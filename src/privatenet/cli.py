@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fixed (default): the known adversary is held fixed (the paper); "
                         "alternating: it is updated each step (min-max)")
     g.add_argument("--bottleneck-channels", type=int, default=None,
-                   help="--loss vib: channels of the noisy code at the tap (default 16)")
+                   help="--loss vib or vib+leace: channels of the noisy code at the tap "
+                        "(default 16)")
     _optim_args(p, epochs=10, batch_size=64)
     _speed_args(p.add_argument_group("speed (docs/design.md §4.4)"))
     _out_args(p)
@@ -266,8 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--taps", default=None,
                    help="comma list of taps to attack and protect (default: all of the model's)")
     g.add_argument("--losses", default=None,
-                   help="comma list of defences (default all: "
-                        "confusion,adversarial,ensemble,hsic,leace,hsic+leace)")
+                   help=f"comma list of defences (default all: {','.join(DEFENCES)})")
     g.add_argument("--lam", type=float, default=None,
                    help="lambda of the Table 2 networks (default 0.5)")
     g.add_argument("--lambdas", default=None,
@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "any training (default 0.2, at most 0.5; 0: none, the audit cross-fits "
                         "on the test rows); a data set's own attacker split is used as it is")
     g.add_argument("--bottleneck-channels", type=int, default=None,
-                   help="the vib defence's code channels (default 16)")
+                   help="the vib and vib+leace defences' code channels (default 16)")
     g.add_argument("--latency-precision", choices=("fp32", "bf16"), default=None,
                    help="Table 3 precision (default fp32, the paper's)")
     g = p.add_argument_group("optimisation")
@@ -555,7 +555,7 @@ def _fmt_leakage(title: str, r: dict) -> str:
 # ---------------------------------------------------------------- commands
 
 def cmd_train(args) -> int:
-    from privatenet.app.jobs import train_job
+    from privatenet.app.jobs import BOTTLENECKED, train_job
     from privatenet.bottleneck import check_channels
     from privatenet.losses import check_lam
 
@@ -573,8 +573,9 @@ def cmd_train(args) -> int:
                        lam=check_lam(0.5 if args.lam is None else args.lam),
                        update=args.adversary_update or "fixed")
         if args.bottleneck_channels is not None:
-            if args.loss != "vib":
-                raise PrivatenetError(f"--bottleneck-channels applies to --loss vib only, not "
+            if args.loss not in BOTTLENECKED:
+                raise PrivatenetError(f"--bottleneck-channels applies to --loss "
+                                      f"{' or '.join(BOTTLENECKED)} only, not "
                                       f"{args.loss}; drop it")
             privacy["channels"] = check_channels(args.bottleneck_channels)
     else:

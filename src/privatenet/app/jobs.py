@@ -157,8 +157,8 @@ def evaluate_adversary(head: torch.nn.Module, model: torch.nn.Module, split: Spl
 
 
 #: Every defence ``train`` and ``reproduce`` offer (docs/design.md §2.2): the regularizer's
-#: privacy losses, linear concept erasure at the tap, and HSIC training followed by erasure.
-DEFENCES = (*PRIVACY_LOSSES, "leace", "hsic+leace")
+#: privacy losses, linear concept erasure at the tap, and erasure after HSIC or vib training.
+DEFENCES = (*PRIVACY_LOSSES, "leace", "hsic+leace", "vib+leace")
 #: One line per defence, for the command line's help.
 DEFENCE_HELP = {
     **LOSS_HELP,
@@ -166,9 +166,16 @@ DEFENCE_HELP = {
              "layers after the tap fine-tuned): linear attackers are blind on the fitting rows, "
              "not on fresh ones when the tap is wider than the train split",
     "hsic+leace": "hsic training, then LEACE on its features",
+    "vib+leace": "vib training, then LEACE on its noisy code, which has far fewer numbers than "
+                 "the train split has rows, so the erasure holds on fresh rows too",
 }
 #: Defences that erase the tap after (any) training with the privacy term.
-ERASING = ("leace", "hsic+leace")
+ERASING = ("leace", "hsic+leace", "vib+leace")
+#: The erasing defences that train with a privacy term first, and that term. They split the
+#: control's epochs between the two steps, so every defence gets the same training budget.
+TRAINED_THEN_ERASED = {"hsic+leace": "hsic", "vib+leace": "vib"}
+#: The defences that put a noisy bottleneck at the tap (and take ``channels``).
+BOTTLENECKED = ("vib", "vib+leace")
 
 
 def check_defence(name: str) -> str:
@@ -263,11 +270,11 @@ def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config
     """
     model_kwargs = dict(model_kwargs or {})
     privacy = dict(privacy) if privacy else None
-    if privacy is not None and privacy["loss"] == "vib":
+    if privacy is not None and privacy["loss"] in BOTTLENECKED:
         privacy["channels"] = check_channels(privacy.get("channels", VIB_CHANNELS))
     elif privacy is not None and "channels" in privacy:
-        raise PrivatenetError(f"channels= applies to the vib defence only, not "
-                              f"{privacy['loss']!r}; drop it")
+        raise PrivatenetError(f"channels= applies to the {' and '.join(BOTTLENECKED)} "
+                              f"defences only, not {privacy['loss']!r}; drop it")
     private, adversaries = _private_list(privacy) if privacy else ([], [])
     if target in private:
         raise PrivatenetError(f"the private attribute {target!r} is the task target; protect "
@@ -332,21 +339,21 @@ def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config
     if erase and (init is None or len(private) != 1):
         raise PrivatenetError(f"{privacy['loss']} erases one private attribute at the tap of a "
                               "trained network: pass init_from and a single private attribute")
-    # One training budget for every defence (the lambda = 0 control's): hsic+leace splits its
-    # epochs between the hsic training and the fine-tuning after the erasure.
-    erase_epochs = (config.epochs // 2 if privacy is not None and privacy["loss"] == "hsic+leace"
-                    else config.epochs)
-    if erase and privacy["loss"] == "hsic+leace":
-        fingerprint["epochs"] = {"hsic": config.epochs - erase_epochs, "erased": erase_epochs}
+    # One training budget for every defence (the lambda = 0 control's): the defences that
+    # train, then erase, split its epochs between the two steps.
+    first_term = TRAINED_THEN_ERASED.get(privacy["loss"]) if privacy is not None else None
+    erase_epochs = config.epochs // 2 if first_term else config.epochs
+    if first_term:
+        fingerprint["epochs"] = {first_term: config.epochs - erase_epochs, "erased": erase_epochs}
     if privacy is not None and privacy["loss"] != "leace":
         require_tap(net, privacy["tap"])
         shape = tap_shapes(net, image_size=image_size_of(data))[privacy["tap"]]
-        if privacy["loss"] == "vib":
+        if privacy["loss"] in BOTTLENECKED:
             # The bottleneck's weights are drawn after seed_everything: a resumed run rebuilds
             # the same starting point, then loads its checkpoint.
             net = bottleneck_at_tap(net, tap=privacy["tap"], channels=privacy["channels"],
                                     image_size=image_size_of(data))
-        term = dict(privacy, loss="hsic") if privacy["loss"] == "hsic+leace" else privacy
+        term = dict(privacy, loss=first_term) if first_term else privacy
         regularizers = [make_regularizer(
             term, adversary=known[p], tap_shape=shape, num_classes=len(data.classes[p]),
             config=config, bottleneck=getattr(net, "bottleneck", None)) for p in private]
@@ -392,11 +399,14 @@ def _erase_and_finetune(net: torch.nn.Module, train: Split, data: Dataset, tap: 
                         ) -> tuple[torch.nn.Module, list[dict]]:
     """LEACE at ``tap`` fitted on ``net``'s train features (docs/design.md §2.2), the layers
     before the tap frozen, then the layers after it fine-tuned for ``epochs`` (none for 0).
-    The eraser is a deterministic function of the network and the data, so a resumed run
-    rebuilds the same one and continues the fine-tuning from its checkpoint."""
+    The eraser is a deterministic function of the network, the data and the seed (a vib
+    network's noise follows it), so a resumed run rebuilds the same one and continues the
+    fine-tuning from its checkpoint. The layers before the tap include a vib bottleneck, whose
+    noise stays: the eraser is fitted on noisy codes and applied to noisy codes."""
     from privatenet.erasure import erase_at_tap, fit_eraser
 
     device = resolve_device(config.device)
+    seed_everything(config.seed)  # a vib network draws noise in every forward pass
     feats = extract(net.to(device), train.images, tap=tap, batch_size=config.eval_batch_size,
                     device=device)
     eraser = fit_eraser(feats, train.labels[attribute],

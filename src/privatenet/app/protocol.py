@@ -23,8 +23,10 @@ from pathlib import Path
 import torch
 
 from privatenet.app.jobs import (
+    BOTTLENECKED,
     DEFENCES,
     ERASING,
+    TRAINED_THEN_ERASED,
     attack_job,
     audit_job,
     build_model,
@@ -619,9 +621,9 @@ def _one_seed(config: ProtocolConfig, task_cfg: TrainConfig, data, taps: list[st
                 key["form"] = "-log(1-p_true)"
             if loss in ERASING:  # dims constant on the fitting rows are left alone
                 key["eraser"] = "constant-dims-kept"
-            if loss == "hsic+leace":  # the control's epochs, split between its two steps
+            if loss in TRAINED_THEN_ERASED:  # the control's epochs, split between two steps
                 key["budget"] = "equal"
-            if loss == "vib":
+            if loss in BOTTLENECKED:
                 privacy["channels"] = key["channels"] = config.vib_channels
             name = f"private-{loss}-{tap}-{attr}-lam{lam:g}"
             net, net_dir, net_hash = stages.run(name + tag, key, lambda d: train_job(
