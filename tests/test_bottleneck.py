@@ -54,7 +54,7 @@ def test_bad_channels_are_one_line(channels):
 
 
 def test_the_model_cuts_at_the_code_and_rebuilds_from_its_config(tmp_path):
-    from privatenet.train.checkpoint import load_module, save_module
+    from privatenet.models.saving import load_module, save_module
 
     net = bottleneck_at_tap(pn.create_model("small_cnn", num_classes=3), tap="backbone",
                             channels=8, image_size=32)

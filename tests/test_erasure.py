@@ -16,8 +16,8 @@ from privatenet.data.transforms import normalize
 from privatenet.erasure import ErasedModel, TapEraser, erase_at_tap, fit_eraser
 from privatenet.errors import PrivatenetError
 from privatenet.models import create_model, model_from_config
+from privatenet.models.saving import load_module, save_module
 from privatenet.models.taps import with_taps
-from privatenet.train.checkpoint import load_module, save_module
 from privatenet.train.loop import extract, fit
 
 

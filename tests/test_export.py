@@ -145,7 +145,8 @@ def test_missing_deploy_extra_names_the_install_command(monkeypatch):
 
 def _save_run(folder, net, *, data: str, classes=("angry", "happy", "sad"), size=48):
     """A folder that ``load_model`` reads like a finished ``train`` run."""
-    from privatenet.train.checkpoint import save_module, write_json
+    from privatenet.models.saving import save_module
+    from privatenet.storage import write_json
 
     save_module(folder / "model", net, {"role": "model", "data": data, "target": "emotion",
                                         "classes": list(classes), "image_size": size})
@@ -280,16 +281,16 @@ def test_a_failed_check_leaves_nothing_behind(reuse_onnx, monkeypatch, capsys, t
 
 
 def test_a_failed_write_leaves_nothing_behind(reuse_onnx, monkeypatch, capsys, tmp_path):
-    from privatenet.train import checkpoint
+    from privatenet import export as module  # the split's files are written from here
 
-    real = checkpoint.atomic_write_bytes
+    real = module.atomic_write_bytes
 
     def full_disk(path, data):
         if str(path).endswith("trusted.onnx") and not str(path).endswith("untrusted.onnx"):
             raise OSError(28, "No space left on device")
         return real(path, data)
 
-    monkeypatch.setattr(checkpoint, "atomic_write_bytes", full_disk)
+    monkeypatch.setattr(module, "atomic_write_bytes", full_disk)
     out = tmp_path / "deploy"
     _fails(capsys, ["export", "--model", str(reuse_onnx["run"]), "--split", "backbone",
                     "--out", str(out), "--check-images", "2"], "No space left on device")

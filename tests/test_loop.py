@@ -224,7 +224,7 @@ def test_two_private_attributes_fit_log_and_resume(tiny_split, tmp_path):
         assert h["priv_loss"] == pytest.approx((h["priv_loss/gender"] + h["priv_loss/age"]) / 2,
                                                rel=1e-6)
     # the checkpoint signature holds each term's settings
-    from privatenet.train.checkpoint import load_training_checkpoint
+    from privatenet.storage import load_training_checkpoint
 
     _, meta = load_training_checkpoint(tmp_path / "full")
     assert [p["attribute"] for p in meta["signature"]["privacy"]] == ["gender", "age"]

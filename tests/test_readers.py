@@ -15,6 +15,7 @@ from cli_helpers import fails
 
 from privatenet import readers
 from privatenet.errors import PrivatenetError
+from privatenet.models.saving import load_module, save_module
 from privatenet.readers import (
     MAX_CONFIG_BYTES,
     MAX_DEPTH,
@@ -26,12 +27,10 @@ from privatenet.readers import (
     read_bytes,
     read_text,
 )
-from privatenet.train.checkpoint import (
+from privatenet.storage import (
     load_checkpoint,
-    load_module,
     load_training_checkpoint,
     save_checkpoint,
-    save_module,
     save_training_checkpoint,
 )
 from privatenet.train.rundir import open_run
@@ -170,7 +169,7 @@ def test_deep_newest_training_checkpoint_falls_back(tmp_path, caplog):
                                  meta={"epoch": epoch, "history": [{"epoch": epoch + 1}]})
     _write(tmp_path / "checkpoint-000002.json",
            '{"epoch": 2, "history": ' + _deep_json(VERY_DEEP) + "}")
-    with caplog.at_level(logging.WARNING, logger="privatenet.train.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="privatenet.storage"):
         tensors, meta = load_training_checkpoint(tmp_path)
     assert meta["epoch"] == 1 and torch.equal(tensors["w"], torch.ones(2))
     warning = " ".join(r.getMessage() for r in caplog.records)

@@ -70,7 +70,7 @@ def test_an_edited_and_rehashed_model_json_is_one_line_in_attack(finished, tmp_p
     import json
     import shutil
 
-    from privatenet.train.checkpoint import _meta_digest
+    from privatenet.storage import _meta_digest
 
     run = tmp_path / "run"
     shutil.copytree(finished, run, ignore=shutil.ignore_patterns("run.lock"))

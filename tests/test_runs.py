@@ -6,16 +6,15 @@ import torch
 
 from privatenet import create_model
 from privatenet.errors import PrivatenetError
-from privatenet.train.checkpoint import (
+from privatenet.models.saving import load_module, save_module
+from privatenet.storage import (
     atomic_write_text,
     load_checkpoint,
     load_checkpoint_meta,
-    load_module,
     load_optimizer_state,
     load_training_checkpoint,
     optimizer_state,
     save_checkpoint,
-    save_module,
     save_training_checkpoint,
     training_checkpoint_exists,
 )
@@ -120,7 +119,7 @@ def test_module_round_trip_and_edited_module_json(tmp_path):
 def _forge_json(path, **changes):
     """Edit a checkpoint JSON and recompute its meta_sha256 with the module's own digest (the
     hash detects corruption; it is not a signature)."""
-    from privatenet.train.checkpoint import _meta_digest
+    from privatenet.storage import _meta_digest
 
     meta = json.loads(path.read_text())
     meta.update(changes)
@@ -221,7 +220,7 @@ def test_bad_newest_training_checkpoint_falls_back(tmp_path, caplog, damage):
             new.with_suffix(suffix).write_bytes(old.with_suffix(suffix).read_bytes())
     else:
         new.with_suffix(".safetensors").unlink()
-    with caplog.at_level(logging.WARNING, logger="privatenet.train.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="privatenet.storage"):
         tensors, meta = load_training_checkpoint(tmp_path)
     assert meta["epoch"] == 1 and torch.equal(tensors["w"], torch.ones(2))
     warning = " ".join(r.getMessage() for r in caplog.records)

@@ -44,8 +44,7 @@ from privatenet.models.taps import with_taps
 from privatenet.regularizer import PrivacyRegularizer
 from privatenet.train.config import TrainConfig
 from privatenet.train.loop import extract, fit, fit_adversary
-
-__version__ = "0.1.0"
+from privatenet.version import __version__  # noqa: F401  (the package's version)
 
 __all__ = [
     "AdversarialLoss",

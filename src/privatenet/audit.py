@@ -48,6 +48,8 @@ import torch
 from privatenet.data.base import MISSING
 from privatenet.errors import PrivatenetError
 from privatenet.metrics import leakage
+from privatenet.train.config import TrainConfig, check_seeds
+from privatenet.train.loop import Callbacks, fit_adversary, predict_features
 
 __all__ = ["ATTACKERS", "AUDIT_PROTOCOL", "CURVE", "ZOOS", "audit", "balanced_leakage",
            "check_audit_rows", "check_audit_settings", "online_codelength"]
@@ -256,9 +258,6 @@ def _head_predictor(build: Callable[[tuple, int], torch.nn.Module], num_classes:
     """A torch head (e.g. the paper's adversary retrained) as an attacker: the epoch count is
     chosen on a validation part of the attacker rows (accuracy after each epoch of
     ``epochs``), then the head is retrained from the same initialisation on all of them."""
-    from privatenet.train.config import TrainConfig
-    from privatenet.train.loop import Callbacks, fit_adversary, predict_features
-
     def predict(x, y, xs, seed):
         ftr, fte, ltr = torch.from_numpy(x).float(), torch.from_numpy(xs).float(), \
             torch.from_numpy(y)
@@ -485,8 +484,6 @@ def check_audit_settings(*, zoo: str, seeds: int, folds: int = 5,
     """One-line errors for an unknown zoo, a seed count outside 1..``MAX_SEEDS``
     (:func:`~privatenet.train.config.check_seeds`), a fold count outside 2..20 or a validation
     fraction outside [0.05, 0.5] (callers check before they write anything)."""
-    from privatenet.train.config import check_seeds
-
     if zoo not in ZOOS:
         raise PrivatenetError(f"zoo={zoo!r} is unknown; use one of {', '.join(ZOOS)}")
     check_seeds(seeds)

@@ -46,7 +46,7 @@ from privatenet.models import create_model, model_options
 from privatenet.models.arm import arm_map_side, resnet_map_side
 from privatenet.models.registry import check_model_name
 from privatenet.runfiles import MARKER as RUN_MARKER
-from privatenet.train.checkpoint import read_json
+from privatenet.storage import read_json
 from privatenet.train.config import bf16_native, resolve_device
 
 __all__ = ["KIND", "VARIANTS", "PublicAmend", "PublicRes18Feature", "check_out_file",

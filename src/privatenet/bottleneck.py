@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from privatenet.errors import PrivatenetError
+from privatenet.models.registry import inner_from_config, register_wrapper
 from privatenet.models.taps import TapWrapper, tap_layer, tap_shapes, wrapped_image_size
 
 __all__ = ["VIB_CHANNELS", "BottleneckModel", "TapBottleneck", "bottleneck_at_tap",
@@ -151,8 +152,6 @@ def bottleneck_from_config(config: Mapping[str, Any], *, load_backbone_weights: 
                            ) -> BottleneckModel:
     """Rebuild a :class:`BottleneckModel` from its ``config`` (``model_from_config`` calls this
     for ``name == "bottleneck"``); load the checkpoint's state dict into it for the weights."""
-    from privatenet.models.registry import inner_from_config
-
     inner = inner_from_config(config, keys=_CONFIG_KEYS, what="bottleneck",
                               load_backbone_weights=load_backbone_weights)
     shape = config["shape"]
@@ -160,3 +159,7 @@ def bottleneck_from_config(config: Mapping[str, Any], *, load_backbone_weights: 
         raise PrivatenetError(f"bottleneck model config: shape {shape!r} is not a list")
     bottleneck = TapBottleneck(shape=shape, channels=config["channels"])
     return BottleneckModel(inner, tap=config["tap"], bottleneck=bottleneck)
+
+
+# model_from_config rebuilds saved bottleneck networks with this (the package imports this module).
+register_wrapper("bottleneck", bottleneck_from_config)

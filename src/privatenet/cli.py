@@ -13,8 +13,37 @@ import re
 import sys
 from pathlib import Path
 
+from privatenet.app.advisor import check_tolerance, split_advice_job
+from privatenet.app.export import export_job
+from privatenet.app.jobs import (
+    BOTTLENECKED,
+    DEFENCE_HELP,
+    DEFENCES,
+    attack_job,
+    audit_job,
+    import_public_job,
+    model_meta,
+    train_job,
+)
+from privatenet.app.protocol import FORWARD_SHARE, plan, reproduce, resolve_config
+from privatenet.app.report import advice_markdown, audit_markdown, tables_markdown
+from privatenet.app.video import video_job
+from privatenet.audit import check_audit_settings
+from privatenet.bench import check_out_file, format_table, measure
+from privatenet.bottleneck import check_channels
+from privatenet.data import load_dataset
+from privatenet.data.base import carve_attacker_split
+from privatenet.data.cache import check_cache_dir
 from privatenet.errors import PrivatenetError
+from privatenet.losses import check_lam
+from privatenet.models import ADVERSARY_KINDS, list_models
+from privatenet.models.registry import check_model_name
 from privatenet.readers import MAX_CONFIG_BYTES, brief, load_yaml
+from privatenet.regularizer import ADVERSARY_UPDATES
+from privatenet.storage import write_json
+from privatenet.train import distributed
+from privatenet.train.config import MEMORY_FORMATS, PRECISIONS, TrainConfig
+from privatenet.train.loop import Callbacks
 
 log = logging.getLogger("privatenet")
 
@@ -31,8 +60,6 @@ class _Parser(argparse.ArgumentParser):
 
 def _model_name(value: str) -> str:
     """A registry model name or ``torchvision:NAME``, else argparse's one-line error."""
-    from privatenet.models.registry import check_model_name
-
     try:
         return check_model_name(value)
     except PrivatenetError as e:
@@ -97,8 +124,6 @@ def _optim_args(p: argparse.ArgumentParser, *, epochs: int, batch_size: int) -> 
 def _speed_args(g) -> None:
     """The fast-path options of training; unset options keep the library's (or a preset's)
     value."""
-    from privatenet.train.config import MEMORY_FORMATS, PRECISIONS
-
     g.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="training precision: auto (default) is bf16 autocast on CUDA and fp32 "
                         "on CPU; bf16 on a CPU pays only with native bf16 ('privatenet bench' "
@@ -130,10 +155,6 @@ def _out_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    from privatenet.app.jobs import DEFENCE_HELP, DEFENCES
-    from privatenet.models import ADVERSARY_KINDS, list_models
-    from privatenet.regularizer import ADVERSARY_UPDATES
-
     parser = _Parser(
         prog="privatenet",
         description="Train classifiers whose features do not reveal private attributes, and "
@@ -501,8 +522,6 @@ def _load_config_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> N
 
 
 def _train_config(args):
-    from privatenet.train.config import TrainConfig
-
     speed = _speed_settings(args) if hasattr(args, "precision") else {}
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        weight_decay=args.weight_decay, lr_decay=args.lr_decay, seed=args.seed,
@@ -514,9 +533,6 @@ class _Progress:
 
     def __init__(self, label: str) -> None:
         from tqdm import tqdm
-
-        from privatenet.train import distributed
-        from privatenet.train.loop import Callbacks
 
         self.tqdm, self.label, self.bar, self.epoch = tqdm, label, None, 0
         self.main = distributed.is_main()  # under torchrun, rank 0 alone shows bars
@@ -555,10 +571,6 @@ def _fmt_leakage(title: str, r: dict) -> str:
 # ---------------------------------------------------------------- commands
 
 def cmd_train(args) -> int:
-    from privatenet.app.jobs import BOTTLENECKED, train_job
-    from privatenet.bottleneck import check_channels
-    from privatenet.losses import check_lam
-
     # Every option is checked here, before a single image is decoded.
     privacy = None
     given = {k: getattr(args, k) for k in ("loss", "tap", "private")}
@@ -609,9 +621,6 @@ def _data_of_run(args):
     on (its spec is stored with absolute paths), with the attacker split carved out of it
     again when the network's run carved one (``reproduce``), so that its train split is
     exactly the network's training rows."""
-    from privatenet.app.jobs import model_meta
-    from privatenet.data.base import carve_attacker_split
-
     meta = model_meta(args.run)
     data = _load_data(args, args.data or meta["data"],
                       image_size=args.image_size or meta.get("image_size"))
@@ -623,16 +632,11 @@ def _load_data(args, spec: str, *, image_size: int | None):
     """The data set of a command that writes a run folder to ``--out``: ``--cache-dir`` is
     checked against that folder first (a cache inside it would fill it before the run claims
     it), then the images are decoded (or read from the cache)."""
-    from privatenet.data import load_dataset
-    from privatenet.data.cache import check_cache_dir
-
     check_cache_dir(args.cache_dir, out=args.out)
     return load_dataset(spec, image_size=image_size, cache_dir=args.cache_dir)
 
 
 def cmd_attack(args) -> int:
-    from privatenet.app.jobs import attack_job
-
     config = _train_config(args)  # checked before the data loads
     res = attack_job(data=_data_of_run(args), model_run=args.run, tap=args.tap,
                      attribute=args.private, head=args.head, config=config, out=args.out,
@@ -644,11 +648,6 @@ def cmd_attack(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from privatenet.app.jobs import audit_job
-    from privatenet.app.report import audit_markdown
-    from privatenet.audit import check_audit_settings
-    from privatenet.train.config import TrainConfig
-
     # Checked before the data loads.
     config = TrainConfig(seed=args.seed, device=args.device)
     check_audit_settings(zoo=args.zoo, seeds=args.seeds, folds=args.folds)
@@ -666,11 +665,6 @@ def cmd_audit(args) -> int:
 
 
 def cmd_split_advisor(args) -> int:
-    from privatenet.app.advisor import check_tolerance, split_advice_job
-    from privatenet.app.report import advice_markdown
-    from privatenet.audit import check_audit_settings
-    from privatenet.train.config import TrainConfig
-
     # Checked before the data loads.
     config = TrainConfig(seed=args.seed, device=args.device)
     check_audit_settings(zoo=args.zoo, seeds=1)
@@ -692,9 +686,6 @@ def cmd_split_advisor(args) -> int:
 
 
 def cmd_import_checkpoint(args) -> int:
-    from privatenet.app.jobs import import_public_job
-    from privatenet.train.config import TrainConfig
-
     config = TrainConfig(device=args.device)  # checked before the data loads
     data = _load_data(args, args.data, image_size=args.image_size)
     res = import_public_job(checkpoint=args.checkpoint, data=data, out=args.out, config=config,
@@ -707,8 +698,6 @@ def cmd_import_checkpoint(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from privatenet.app.export import export_job
-
     doc = export_job(model_run=args.run, tap=args.tap, out=args.out,
                      check_images=args.check_images, data=args.data, cache_dir=args.cache_dir,
                      random_check=args.random_check, seed=args.seed)
@@ -728,8 +717,6 @@ def cmd_export(args) -> int:
 
 def cmd_video(args) -> int:
     from tqdm import tqdm
-
-    from privatenet.app.video import video_job
 
     bar = None
 
@@ -761,9 +748,6 @@ def cmd_video(args) -> int:
 
 def cmd_bench(args) -> int:
     import torch
-
-    from privatenet.bench import check_out_file, format_table, measure
-    from privatenet.train.checkpoint import write_json
 
     if args.threads is not None:
         if args.threads < 1:
@@ -803,8 +787,6 @@ def cmd_bench(args) -> int:
 
 
 def cmd_data_info(args) -> int:
-    from privatenet.data import load_dataset
-
     data = load_dataset(args.spec, image_size=args.image_size)
     print(f"dataset {data.name}")
     for name, split in data.splits.items():
@@ -832,10 +814,6 @@ def _split_list(value: str | None, cast=str) -> list | None:
 
 def _run_protocol(config, out: str) -> int:
     """Run ``reproduce`` with stage lines and progress bars, then print the tables."""
-    from privatenet.app.protocol import reproduce
-    from privatenet.app.report import tables_markdown
-    from privatenet.train import distributed
-
     main = distributed.is_main()  # under torchrun, rank 0 alone reports
 
     def on_stage(name: str, cached: bool) -> None:
@@ -850,8 +828,6 @@ def _run_protocol(config, out: str) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from privatenet.app.protocol import resolve_config
-
     overrides = {
         "data": args.data, "image_size": args.image_size, "cache_dir": args.cache_dir,
         "target": args.target, "private": _split_list(args.private), "model": args.model,
@@ -871,8 +847,6 @@ def cmd_reproduce(args) -> int:
 
 def _print_plan(config, out: str) -> int:
     """``reproduce --dry-run``: the stages and the projected time."""
-    from privatenet.app.protocol import FORWARD_SHARE, plan
-
     p = plan(config=config, out=out)
     print(f"{'stage':52s} {'state':6s} {'train passes':>13s} {'forward':>9s} {'projected':>10s}")
     for st in p["stages"]:
@@ -902,8 +876,6 @@ def _duration(seconds: float) -> str:
 
 
 def cmd_demo(args) -> int:
-    from privatenet.app.protocol import resolve_config
-
     return _run_protocol(resolve_config("demo", {"device": args.device, "seed": args.seed}),
                          args.out)
 
@@ -1011,8 +983,6 @@ def main(argv: list[str] | None = None) -> int:
     # error is one line, not one line among warnings. Our own warnings are logged, not warned.
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").setLevel(logging.INFO if args.verbose else logging.ERROR)
-    from privatenet.train import distributed
-
     rank = 0  # the launcher's rank, known before any process group exists
     try:
         rank, _, size = distributed.launched()

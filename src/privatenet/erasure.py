@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from privatenet.errors import PrivatenetError
-from privatenet.models.registry import check_num_classes
+from privatenet.models.registry import check_num_classes, inner_from_config, register_wrapper
 from privatenet.models.taps import TapWrapper, tap_layer, wrapped_image_size
 
 __all__ = ["ErasedModel", "TapEraser", "erase_at_tap", "erased_from_config", "fit_eraser"]
@@ -493,10 +493,12 @@ def erased_from_config(config: Mapping[str, Any], *, load_backbone_weights: bool
     """Rebuild an :class:`ErasedModel` from its ``config`` with an identity eraser of the saved
     shape and rank (``model_from_config`` calls this for ``name == "erased"``); load the
     checkpoint's state dict into it for the fitted eraser and weights."""
-    from privatenet.models.registry import inner_from_config
-
     inner = inner_from_config(config, keys=_CONFIG_KEYS, what="erased",
                               load_backbone_weights=load_backbone_weights)
     eraser = TapEraser(shape=config["shape"], rank=config["rank"])
     return ErasedModel(inner, tap=config["tap"], eraser=eraser, image_size=config["image_size"],
                        in_channels=config["in_channels"])
+
+
+# model_from_config rebuilds saved erased networks with this (the package imports this module).
+register_wrapper("erased", erased_from_config)

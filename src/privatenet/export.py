@@ -42,8 +42,11 @@ import torch
 from torch import nn
 
 from privatenet.bottleneck import TapBottleneck
+from privatenet.data.spec import check_image_size
+from privatenet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from privatenet.errors import PrivatenetError
 from privatenet.models.taps import tap_layer
+from privatenet.storage import atomic_write_bytes
 
 __all__ = ["DEPLOY_PACKAGES", "EXPORT_FILES", "OPSET", "SPLITTABLE", "TOLERANCE",
            "check_split", "export_split", "require_deploy"]
@@ -219,8 +222,6 @@ def split_costs(model: nn.Module, *, image_size: int, repeats: int = 20) -> list
     ``model``: a network :func:`check_split` accepts (a vib network included: its noise is
     part of the untrusted side's cost); it is copied to the CPU and not modified.
     """
-    from privatenet.data.spec import check_image_size
-
     name = _model_name(model)
     if not isinstance(model, nn.Module) or not _can_cut(model):
         raise PrivatenetError(f"model {name!r} cannot be split at a tap: it has no "
@@ -327,8 +328,6 @@ def _used_parameters(net: nn.Module, compute) -> int:
 
 def _check_images(check_images: Any, image_size: int) -> torch.Tensor:
     """The check images as normalised float32 (N, 3, S, S); uint8 images are normalised."""
-    from privatenet.data.transforms import normalize
-
     x = check_images
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3 or tuple(
             x.shape[2:]) != (image_size, image_size) or x.shape[0] < 1:
@@ -347,8 +346,6 @@ def _check_images(check_images: Any, image_size: int) -> torch.Tensor:
 
 def _write_all(out_dir: Path, files: dict[str, bytes]) -> None:
     """Write ``files`` atomically in order; on any failure remove those already written."""
-    from privatenet.train.checkpoint import atomic_write_bytes
-
     written: list[Path] = []
     try:
         for name, data in files.items():
@@ -380,9 +377,6 @@ def export_split(model: nn.Module, *, tap: str, image_size: int, out_dir: str | 
     difference over :data:`TOLERANCE` is a one-line :class:`PrivatenetError` and leaves
     ``out_dir`` as it was; an ``out_dir`` that already holds an ``export.json`` is refused.
     """
-    from privatenet.data.spec import check_image_size
-    from privatenet.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
     check_split(model, tap=tap)
     name = _model_name(model)
     if image_size is None:

@@ -56,6 +56,15 @@ from privatenet.losses import (
     hsic_loss,
     total_loss,
 )
+from privatenet.models import adversary_from_config
+from privatenet.storage import (
+    load_checkpoint,
+    load_optimizer_state,
+    optimizer_state,
+    prefixed,
+    save_checkpoint,
+    unprefixed,
+)
 
 __all__ = ["ADVERSARY_UPDATES", "DEFAULT_ENSEMBLE", "DEFAULT_REINIT_EVERY", "PrivacyRegularizer"]
 
@@ -330,8 +339,6 @@ class PrivacyRegularizer(nn.Module):
     def _fresh(self, index: int, seed: int, *, template: nn.Module | None) -> nn.Module:
         """A newly initialised member ``index``, its weights drawn from ``seed`` alone (on CPU
         in a forked random state, so neither the device nor the global RNG matters)."""
-        from privatenet.models import adversary_from_config
-
         spec = self._rebuild[index]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -521,8 +528,6 @@ class PrivacyRegularizer(nn.Module):
         """Write the adversaries' weights, their optimizer state, the ensemble's step counter
         and the settings to ``path.safetensors`` + ``path.json`` (atomically; nothing is
         pickled)."""
-        from privatenet.train.checkpoint import optimizer_state, prefixed, save_checkpoint
-
         tensors: dict[str, torch.Tensor] = {}
         for name, module in self._saved_modules().items():
             tensors.update(prefixed(name, module.state_dict()))
@@ -535,12 +540,6 @@ class PrivacyRegularizer(nn.Module):
     def load(self, path: str | Path) -> PrivacyRegularizer:
         """Restore what :meth:`save` wrote into this regularizer (same settings and adversary
         architectures, else a one-line error). Returns ``self``."""
-        from privatenet.train.checkpoint import (
-            load_checkpoint,
-            load_optimizer_state,
-            unprefixed,
-        )
-
         tensors, meta = load_checkpoint(path)
         saved = meta.get("regularizer")
         if saved != self.settings():

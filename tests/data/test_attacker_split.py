@@ -79,7 +79,7 @@ def test_a_bad_share_is_one_line(share):
 
 
 def test_the_carve_is_saved_with_a_network_and_an_edited_record_is_refused(tmp_path):
-    from privatenet.train.checkpoint import check_module_meta
+    from privatenet.models.saving import check_module_meta
 
     carved = carve_attacker_split(_data(), share=0.2, columns=["emotion", "age"])
     assert check_carve(carved.carve) == {"share": 0.2, "columns": ["emotion", "age"], "seed": 0}

@@ -14,10 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from privatenet.app.jobs import audit_job, image_size_of, load_model
+from privatenet.app.report import advice_markdown, plot_split_advice
 from privatenet.data.base import Dataset
 from privatenet.errors import PrivatenetError
 from privatenet.export import split_costs
-from privatenet.train.checkpoint import atomic_write_bytes, atomic_write_text, write_json
+from privatenet.storage import atomic_write_bytes, atomic_write_text, write_json
 from privatenet.train.config import TrainConfig
 
 __all__ = ["advise", "check_tolerance", "split_advice_job"]
@@ -47,8 +48,6 @@ def split_advice_job(*, data: Dataset, model_run: str | Path, attribute: str,
     ``advice.json``, ``advice.md`` and ``advice.png`` (leakage against the trusted part's
     multiply-accumulates, the floor and the tolerance drawn) into ``out``. Returns the advice.
     Rerunning the same call reuses the finished audits."""
-    from privatenet.app.report import advice_markdown, plot_split_advice
-
     tolerance = check_tolerance(tolerance)
     out = Path(out)
     if out.exists() and not out.is_dir():  # refused before any network is loaded or timed

@@ -21,7 +21,13 @@ from pathlib import Path
 
 import torch
 
+from privatenet.app.jobs import _model_stem, load_model
+from privatenet.data import load_dataset
+from privatenet.data.cache import check_cache_dir
 from privatenet.errors import PrivatenetError
+from privatenet.export import EXPORT_FILES, OPSET, check_split, export_split, require_deploy
+from privatenet.storage import checkpoint_digest, write_json, write_yaml
+from privatenet.train.rundir import open_disposable_run
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +60,6 @@ def check_inputs(*, data: str | None, run_data: str | None, image_size: int, cou
     (moved, deleted), and then, as with ``random``, seeded random images stand in. The images
     are the first of the ``test`` split (else of the first split), decoded at ``image_size``.
     """
-    from privatenet.data import load_dataset
-
     reason = "random images asked for" if random else None
     spec = data or run_data
     if not random and spec is None:
@@ -91,12 +95,6 @@ def export_job(*, model_run: str | Path, tap: str, out: str | Path,
     Every input is checked before ``out`` is claimed; a folder holding a finished export is
     refused. Returns the content of ``export.json``.
     """
-    from privatenet.app.jobs import _model_stem, load_model
-    from privatenet.data.cache import check_cache_dir
-    from privatenet.export import EXPORT_FILES, OPSET, check_split, export_split, require_deploy
-    from privatenet.train.checkpoint import checkpoint_digest, write_json, write_yaml
-    from privatenet.train.rundir import open_disposable_run
-
     count = _check_count(check_images)
     # Refused here, not where the run's own data falls back to random images on an error.
     check_cache_dir(cache_dir, out=out)

@@ -16,8 +16,13 @@ from pathlib import Path
 
 import torch
 
+from privatenet.app.report import audit_markdown, plot_audit
+from privatenet.audit import AUDIT_PROTOCOL, audit, check_audit_settings
 from privatenet.bottleneck import VIB_CHANNELS, bottleneck_at_tap, check_channels
 from privatenet.data.base import ATTACKER_SPLIT, Dataset, Split
+from privatenet.data.labels import EMOTIONS
+from privatenet.data.transforms import normalize
+from privatenet.erasure import erase_at_tap, fit_eraser
 from privatenet.errors import PrivatenetError
 from privatenet.losses import LOSS_HELP, PRIVACY_LOSSES
 from privatenet.metrics import leakage
@@ -30,20 +35,19 @@ from privatenet.models import (
     require_tap,
     tap_shapes,
 )
+from privatenet.models.public import load_public_arm_checkpoint
+from privatenet.models.saving import check_module_meta, load_module, save_module
 from privatenet.regularizer import PrivacyRegularizer
-from privatenet.train import distributed
-from privatenet.train.checkpoint import (
+from privatenet.storage import (
     atomic_write_bytes,
     atomic_write_text,
-    check_module_meta,
     checkpoint_digest,
     load_checkpoint_meta,
-    load_module,
     read_json,
-    save_module,
     write_json,
     write_yaml,
 )
+from privatenet.train import distributed
 from privatenet.train.config import TrainConfig, resolve_device, seed_everything
 from privatenet.train.loop import Callbacks, extract, fit, fit_adversary, predict_features
 from privatenet.train.rundir import open_run, open_shared_run
@@ -111,14 +115,14 @@ def _model_stem(run: str | Path) -> Path:
 def load_model(run: str | Path, *, expect: str | None = None,
                required: tuple[str, ...] = ()) -> tuple[torch.nn.Module, dict]:
     """The trained network of a ``train`` job folder (or a ``model`` checkpoint stem); its
-    values and tensors are checked by :func:`~privatenet.train.checkpoint.load_module`
+    values and tensors are checked by :func:`~privatenet.models.saving.load_module`
     (``required``: the keys of its meta the caller uses)."""
     return load_module(_model_stem(run), expect=expect, required=required)
 
 
 def model_meta(run: str | Path) -> dict:
     """The plain values saved with the network of a ``train`` folder (data, classes, size),
-    checked by :func:`~privatenet.train.checkpoint.check_module_meta` before they size any
+    checked by :func:`~privatenet.models.saving.check_module_meta` before they size any
     data or network."""
     stem = _model_stem(run)
     return check_module_meta(load_checkpoint_meta(stem), stem.with_suffix(".json"),
@@ -403,8 +407,6 @@ def _erase_and_finetune(net: torch.nn.Module, train: Split, data: Dataset, tap: 
     network's noise follows it), so a resumed run rebuilds the same one and continues the
     fine-tuning from its checkpoint. The layers before the tap include a vib bottleneck, whose
     noise stays: the eraser is fitted on noisy codes and applied to noisy codes."""
-    from privatenet.erasure import erase_at_tap, fit_eraser
-
     device = resolve_device(config.device)
     seed_everything(config.seed)  # a vib network draws noise in every forward pass
     feats = extract(net.to(device), train.images, tap=tap, batch_size=config.eval_batch_size,
@@ -533,10 +535,6 @@ def import_public_job(*, checkpoint: str | Path, data: Dataset, out: str | Path,
     on the training split, so inference is batch-independent; without, the network keeps the
     public batch-dependent behaviour (a warning is logged).
     """
-    from privatenet.data.labels import EMOTIONS
-    from privatenet.data.transforms import normalize
-    from privatenet.models.public import load_public_arm_checkpoint
-
     if not Path(checkpoint).is_file():
         raise PrivatenetError(f"{checkpoint}: checkpoint not found; give the path of the public "
                               ".pth file")
@@ -585,9 +583,6 @@ def audit_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str,
     ``mdl=False`` leave out the controls and the description length (Table 2's audit column
     needs neither); ``controls="floor"`` keeps the task output alone."""
     from torch.nn.functional import interpolate
-
-    from privatenet.app.report import audit_markdown, plot_audit
-    from privatenet.audit import AUDIT_PROTOCOL, audit, check_audit_settings
 
     check_audit_settings(zoo=zoo, seeds=seeds, folds=folds)
     if controls not in (True, False, "floor"):

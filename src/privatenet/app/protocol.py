@@ -38,7 +38,9 @@ from privatenet.app.jobs import (
     train_job,
 )
 from privatenet.app.latency import PRECISIONS, latency_ms
+from privatenet.app.report import write_report
 from privatenet.audit import AUDIT_PROTOCOL, check_audit_rows, check_audit_settings
+from privatenet.bench import measure
 from privatenet.bottleneck import VIB_CHANNELS, check_channels
 from privatenet.data import load_dataset
 from privatenet.data.base import (
@@ -56,8 +58,8 @@ from privatenet.metrics import robustness
 from privatenet.models import default_adversary, require_tap
 from privatenet.models.registry import check_model_name, model_options, model_taps
 from privatenet.regularizer import check_update
+from privatenet.storage import read_json, write_json, write_yaml
 from privatenet.train import distributed
-from privatenet.train.checkpoint import read_json, write_json, write_yaml
 from privatenet.train.config import (
     TrainConfig,
     check_seeds,
@@ -439,8 +441,6 @@ def plan(*, config: ProtocolConfig, out: str | Path, measure_steps: int = 3) -> 
     tensors; forward-only passes at :data:`FORWARD_SHARE` of a training step's cost). The
     attacker fitting of audit stages is not projected; they are listed in ``not_projected``.
     Each stage is listed once, in the order a run meets it."""
-    from privatenet.bench import measure
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PrivatenetError(f"{out} is a file, not a run folder; give a folder")
@@ -480,8 +480,6 @@ def plan(*, config: ProtocolConfig, out: str | Path, measure_steps: int = 3) -> 
 def _reproduce(config: ProtocolConfig, out: Path, ready: _Ready,
                on_stage: Callable[[str, bool], None] | None,
                cb: Callable[[str], Callbacks | None], dry: bool = False) -> dict:
-    from privatenet.app.report import write_report
-
     data, size, taps = ready.data, ready.size, ready.taps
     sweep_tap, sweep_attr = ready.sweep_tap, ready.sweep_attr
     writes = not dry and distributed.is_main()  # under torchrun, rank 0 writes

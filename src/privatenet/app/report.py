@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from privatenet.models.registry import model_options
-from privatenet.train.checkpoint import atomic_write_bytes, atomic_write_text
+from privatenet.storage import atomic_write_bytes, atomic_write_text
 
 
 def _pct(x: float) -> str:

@@ -37,12 +37,7 @@ from pathlib import Path
 from privatenet.app.jobs import file_digest
 from privatenet.errors import PrivatenetError
 from privatenet.readers import MAX_JSON_BYTES, read_bytes
-from privatenet.train.checkpoint import (
-    atomic_write_bytes,
-    checkpoint_digest,
-    write_json,
-    write_yaml,
-)
+from privatenet.storage import atomic_write_bytes, checkpoint_digest, write_json, write_yaml
 from privatenet.train.rundir import open_disposable_run
 from privatenet.video.annotate import draw_faces
 from privatenet.video.classify import OnnxSplitClassifier, TorchClassifier

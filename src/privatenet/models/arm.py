@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from privatenet.data.spec import check_image_size
 from privatenet.errors import PrivatenetError
 
 __all__ = [
@@ -58,8 +59,6 @@ def arm_backbone_side(model: str, image_size: Any, map_side, min_backbone_side: 
     """The backbone map side of an ARM model for ``image_size``, after the one image-size check
     of the package (:func:`privatenet.data.spec.check_image_size`) and the ARM head's own
     minimum: ``map_side(image_size)`` must be at least 3 (a 1x1 ARM map otherwise)."""
-    from privatenet.data.spec import check_image_size
-
     if image_size is None:
         raise PrivatenetError(f"{model}: image_size=None; give the input size in pixels")
     check_image_size(image_size)

@@ -18,7 +18,6 @@ from privatenet.models.registry import (
     check_num_classes,
     register_family,
     register_model,
-    register_wrapper,
 )
 from privatenet.models.resnet import (
     ResNet18Classifier,
@@ -133,28 +132,3 @@ def _load_matching(net: nn.Module, path: str, arch: str) -> None:
 register_family(
     "torchvision", _torchvision_factory,
     lambda: sorted(torchvision.models.list_models(module=torchvision.models)))
-
-
-# --------------------------------------------------------------------------- wrappers
-
-
-def _erased(config: dict, *, load_backbone_weights: bool = False) -> nn.Module:
-    """Rebuild a model with a concept eraser at a tap (:mod:`privatenet.erasure`) from its
-    config; the eraser's buffers come from the checkpoint."""
-    from privatenet.erasure import erased_from_config
-
-    return erased_from_config(config, load_backbone_weights=load_backbone_weights)
-
-
-register_wrapper("erased", _erased)
-
-
-def _bottleneck(config: dict, *, load_backbone_weights: bool = False) -> nn.Module:
-    """Rebuild a model with a noisy bottleneck at a tap (:mod:`privatenet.bottleneck`) from its
-    config; the weights come from the checkpoint."""
-    from privatenet.bottleneck import bottleneck_from_config
-
-    return bottleneck_from_config(config, load_backbone_weights=load_backbone_weights)
-
-
-register_wrapper("bottleneck", _bottleneck)

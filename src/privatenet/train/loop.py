@@ -36,8 +36,7 @@ from privatenet.errors import PrivatenetError
 from privatenet.losses import total_loss
 from privatenet.models.taps import require_tap
 from privatenet.regularizer import PrivacyRegularizer
-from privatenet.train import distributed
-from privatenet.train.checkpoint import (
+from privatenet.storage import (
     load_optimizer_state,
     load_training_checkpoint,
     optimizer_state,
@@ -47,6 +46,7 @@ from privatenet.train.checkpoint import (
     unprefixed,
     write_jsonl,
 )
+from privatenet.train import distributed
 from privatenet.train.config import (
     TrainConfig,
     autocast_for,

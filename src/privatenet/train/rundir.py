@@ -27,8 +27,9 @@ from pathlib import Path
 from privatenet.errors import PrivatenetError
 from privatenet.readers import brief
 from privatenet.runfiles import LOCK, MARKER, RESULTS
+from privatenet.storage import read_json, write_json
 from privatenet.train import distributed
-from privatenet.train.checkpoint import read_json, write_json
+from privatenet.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +173,6 @@ def _claim(path: Path, kind: str, fingerprint: dict | None, resume: bool) -> boo
     """Apply the ownership rules with the lock held; True when this claim starts a new run."""
     if not (path / MARKER).exists():
         _refuse_foreign(path, kind)
-        from privatenet import __version__  # here: privatenet/__init__ imports the library
-
         for p in path.iterdir():
             if p.name != LOCK and _is_own_leftover(p.name):
                 p.unlink()  # the marker's temporary file from a claim killed half-way

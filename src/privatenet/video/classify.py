@@ -37,8 +37,11 @@ import torch
 from PIL import Image
 
 from privatenet.data.spec import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, check_image_size
+from privatenet.data.transforms import normalize
 from privatenet.errors import PrivatenetError
+from privatenet.models.saving import load_module
 from privatenet.readers import brief
+from privatenet.storage import read_json
 from privatenet.video._deps import require
 from privatenet.video.detect import check_frame
 
@@ -170,8 +173,6 @@ class TorchClassifier:
                         threads: int | None = None) -> TorchClassifier:
         """The network saved at checkpoint ``stem`` (``<run>/model`` of a ``train`` run), with
         the classes and input size saved beside it."""
-        from privatenet.train.checkpoint import load_module
-
         model, meta = load_module(stem)
         where = Path(stem).with_suffix(".json")
         size = meta.get("image_size") or (getattr(model, "config", {}) or {}).get("image_size")
@@ -190,8 +191,6 @@ class TorchClassifier:
 
     @torch.no_grad()
     def predict_proba(self, crops: np.ndarray) -> np.ndarray:
-        from privatenet.data.transforms import normalize
-
         x = _check_crops(crops, self.image_size)
         if x.shape[0] == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
@@ -221,8 +220,6 @@ def _number_list(value: object, n: int) -> bool:
 def read_export(folder: str | os.PathLike) -> dict:
     """The checked ``export.json`` of an export folder (format :data:`EXPORT_FORMAT`); every
     problem is a one-line :class:`PrivatenetError` naming the file and the field."""
-    from privatenet.train.checkpoint import read_json
-
     folder = Path(folder)
     path = folder / "export.json"
     if not path.is_file():
