@@ -1,7 +1,7 @@
 """Privacy benchmark: every defence against the worst case of an attacker zoo, over seeds.
 
 For each data set and seed, one ``reproduce`` run (the same stages, caching and reports as the
-command) with every defence of ``privatenet train --loss`` at the backbone tap, the lambda = 0
+command) with every defence of ``privatenet train --defence`` at the backbone tap, the lambda = 0
 control, and the audit column with the **full** attacker zoo, whose attackers never train on a
 row any part of a defence saw: they train on the run's attacker split, a share of the train
 split carved out before any training, and are scored on the test rows. Every defence gets the
@@ -50,7 +50,7 @@ import torch
 
 from privatenet.app.jobs import DEFENCES, load_model
 from privatenet.app.protocol import protocol_data, reproduce, resolve_config
-from privatenet.audit import audit
+from privatenet.auditing import audit
 from privatenet.data.base import ATTACKER_SPLIT, MISSING
 from privatenet.train.config import resolve_device
 from privatenet.train.loop import extract

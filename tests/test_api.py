@@ -52,3 +52,25 @@ def test_torchvision_models_by_name_rebuild_from_their_config():
     assert custom.taps == ("mid",)
     with pytest.raises(privatenet.PrivatenetError, match="unknown torchvision model"):
         privatenet.create_model("torchvision:resnet19", num_classes=3)
+
+
+def test_a_users_own_model_registers_saves_and_loads(tmp_path):
+    from privatenet.models import registry
+    from privatenet.models.saving import load_module, save_module
+
+    @privatenet.register_model(tags=("user",))
+    def tiny_user_net(num_classes: int, width: int = 4) -> torch.nn.Module:
+        body = torch.nn.Sequential(torch.nn.Conv2d(3, width, 3), torch.nn.AdaptiveAvgPool2d(1),
+                                   torch.nn.Flatten(), torch.nn.Linear(width, num_classes))
+        return privatenet.with_taps(body, {"pool": "2"})
+
+    try:
+        assert privatenet.list_models("user") == ["tiny_user_net"]
+        net = privatenet.create_model("tiny_user_net", num_classes=3, width=5)
+        assert net.forward_taps(torch.zeros(1, 3, 8, 8))[1]["pool"].shape == (1, 5)
+        save_module(tmp_path / "m", net, {"role": "model"})
+        again, _ = load_module(tmp_path / "m", expect="tiny_user_net")
+        x = torch.rand(2, 3, 8, 8)
+        assert torch.equal(again(x), net(x))
+    finally:
+        registry._MODELS.pop("tiny_user_net", None)

@@ -133,7 +133,7 @@ def test_train_then_attack_and_audit_a_vib_network(tmp_path, make_manifest, caps
     assert main(["train", "--data", f"manifest:{csv}", "--model", "small_cnn", "--epochs",
                  "1", "--device", "cpu", "--loss", "hsic", "--tap", "pool", "--private",
                  "gender", "--bottleneck-channels", "4", "--out", str(tmp_path / "y")]) == 2
-    assert "applies to --loss vib or vib+leace only" in capsys.readouterr().err
+    assert "applies to --defence vib or vib+leace only" in capsys.readouterr().err
     meta = json.loads((tmp_path / "vib" / "model.json").read_text())
     assert meta["module"]["name"] == "bottleneck"
 

@@ -213,3 +213,22 @@ def test_reproduce_dry_run_lists_stages_and_writes_nothing(tmp_path, capsys):
     assert "original" in printed and "to run" in printed and "training images/s" in printed
     assert "stages to run" in printed and "not projected" in printed  # the audits
     assert not out.exists()
+
+
+@pytest.mark.parametrize("new, old", [
+    (["train", "--data", "d", "--out", "o", "--defence", "hsic"],
+     ["train", "--data", "d", "--out", "o", "--loss", "hsic"]),
+    (["reproduce", "--data", "d", "--out", "o", "--defences", "vib,leace"],
+     ["reproduce", "--data", "d", "--out", "o", "--losses", "vib,leace"]),
+    (["reproduce", "--data", "d", "--out", "o", "--adversary-update", "alternating"],
+     ["reproduce", "--data", "d", "--out", "o", "--adversarial-update", "alternating"]),
+    (["export", "--run", "r", "--split", "backbone", "--out", "o"],
+     ["export", "--model", "r", "--split", "backbone", "--out", "o"]),
+    (["video", "in.mp4", "--run", "r", "--out", "o"], ["video", "in.mp4", "--model", "r",
+                                                       "--out", "o"]),
+])
+def test_the_old_spellings_of_renamed_options_still_parse_the_same(new, old):
+    from privatenet.cli import build_parser
+
+    parser = build_parser()
+    assert vars(parser.parse_args(new)) == vars(parser.parse_args(old))

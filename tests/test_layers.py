@@ -11,14 +11,14 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 #: Bottom to top. A module belongs to the first entry that is it or a package above it.
 LAYERS = (
-    ("base", ("privatenet.errors", "privatenet.version", "privatenet.runfiles",
+    ("base", ("privatenet.errors", "privatenet.version", "privatenet.checks", "privatenet.runfiles",
               "privatenet.readers", "privatenet.storage")),
     ("data", ("privatenet.data",)),
     ("models", ("privatenet.models",)),
     ("method", ("privatenet.losses", "privatenet.metrics", "privatenet.regularizer",
                 "privatenet.erasure", "privatenet.bottleneck")),
     ("training", ("privatenet.train",)),
-    ("audit and deployment", ("privatenet.audit", "privatenet.export", "privatenet.bench",
+    ("audit and deployment", ("privatenet.auditing", "privatenet.export", "privatenet.bench",
                               "privatenet.video")),
     ("application", ("privatenet.app",)),
     ("interface", ("privatenet.cli", "privatenet.__main__", "privatenet")),

@@ -305,3 +305,26 @@ def test_compiled_training_matches_eager(tiny_split):
     for (name, x), y in zip(eager.state_dict().items(), compiled.state_dict().values(),
                             strict=True):  # the model's own keys, not the compiled wrapper's
         assert torch.allclose(x.float(), y.float(), atol=1e-4), name
+
+
+def test_extract_runs_in_the_precision_it_is_given_and_the_jobs_give_the_runs(
+        tiny_split, tmp_path, monkeypatch, make_manifest):
+    from privatenet.app import jobs
+    from privatenet.data import load_dataset
+
+    torch.manual_seed(0)
+    net = create_model("small_cnn", num_classes=3)
+    images = tiny_split.images[:8]
+    fp32 = extract(net, images, precision="fp32")
+    assert torch.equal(extract(net, images), fp32)  # auto is fp32 on a CPU
+    assert not torch.equal(extract(net, images, precision="bf16"), fp32)  # bf16 autocast ran
+    # the jobs evaluate in the run's precision, not in extract's default
+    seen = []
+    real = jobs.extract
+    monkeypatch.setattr(jobs, "extract", lambda *a, **kw: seen.append(kw["precision"])
+                        or real(*a, **kw))
+    csv = make_manifest(tmp_path / "data", n_train=24, n_test=12)
+    config = TrainConfig(epochs=1, batch_size=8, device="cpu", precision="fp32")
+    jobs.train_job(data=load_dataset(f"manifest:{csv}"), out=tmp_path / "run",
+                   model="small_cnn", target="emotion", config=config)
+    assert seen and set(seen) == {"fp32"}

@@ -162,7 +162,7 @@ def test_resolve_config_checks_values():
 
 
 def test_resolve_config_refuses_empty_or_repeated_lists_bad_taps_and_seed_counts():
-    from privatenet.audit import check_audit_settings
+    from privatenet.auditing import check_audit_settings
 
     for key, value, needle in (
             ("lambdas", [], "lambdas list is empty"), ("taps", [], "taps list is empty"),

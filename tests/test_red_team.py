@@ -32,9 +32,9 @@ def no_decoding(monkeypatch):
 
 # 12: a privacy weight without a privacy loss, or out of range, before any image is decoded
 @pytest.mark.parametrize("extra, needles", [
-    (["--lam", "2"], ("--lam", "--loss")),
-    (["--lam", "nan"], ("--lam", "--loss")),
-    (["--adversary-update", "alternating"], ("--adversary-update", "--loss")),
+    (["--lam", "2"], ("--lam", "--defence")),
+    (["--lam", "nan"], ("--lam", "--defence")),
+    (["--adversary-update", "alternating"], ("--adversary-update", "--defence")),
     (["--loss", "hsic", "--tap", "pool", "--private", "gender", "--lam", "2"],
      ("--lam 2.0", "outside [0, 1]")),
     (["--loss", "hsic", "--tap", "pool", "--private", "gender", "--lam", "nan"],

@@ -408,7 +408,7 @@ def test_classifiers_are_batch_independent():
 
 
 def test_a_face_gets_the_same_answer_with_or_without_another_face(clips, train_run):
-    from privatenet.app.video import open_classifier
+    from privatenet.app.video_job import open_classifier
 
     a, b = clips["faces"]["a"], clips["faces"]["b"]
     clf = open_classifier(train_run)
@@ -596,7 +596,7 @@ def test_edited_export_json_fields_are_one_line(export_dir, clips, tmp_path, cap
 
 
 def test_library_progress_callback(clips, train_run):
-    from privatenet.app.video import open_classifier
+    from privatenet.app.video_job import open_classifier
 
     seen = []
     analyzer = FaceAnalyzer(classifier=open_classifier(train_run))
@@ -701,7 +701,7 @@ def test_missing_video_extra_is_one_line(clips, monkeypatch):
 
 def test_interrupted_job_leaves_nothing_and_the_same_command_then_works(clips, train_run,
                                                                         tmp_path):
-    from privatenet.app.video import video_job
+    from privatenet.app.video_job import video_job
 
     def stop(read, total):
         if read == 5:

@@ -24,7 +24,7 @@ The method in your own training loop::
 See docs/design.md for the method and README.md for the command line.
 """
 
-from privatenet.audit import audit
+from privatenet.auditing import audit
 from privatenet.bottleneck import bottleneck_at_tap
 from privatenet.data import load_dataset
 from privatenet.data.base import carve_attacker_split
@@ -39,7 +39,13 @@ from privatenet.losses import (
     hsic_loss,
 )
 from privatenet.metrics import Leakage, leakage
-from privatenet.models import create_adversary, create_model, list_models, tap_shapes
+from privatenet.models import (
+    create_adversary,
+    create_model,
+    list_models,
+    register_model,
+    tap_shapes,
+)
 from privatenet.models.taps import with_taps
 from privatenet.regularizer import PrivacyRegularizer
 from privatenet.train.config import TrainConfig
@@ -71,6 +77,7 @@ __all__ = [
     "hsic_loss",
     "leakage",
     "list_models",
+    "register_model",
     "load_dataset",
     "tap_shapes",
     "with_taps",

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from privatenet.app.advisor import check_tolerance, split_advice_job
-from privatenet.app.export import export_job
+from privatenet.app.export_job import export_job
 from privatenet.app.jobs import (
     BOTTLENECKED,
     DEFENCE_HELP,
@@ -25,10 +25,11 @@ from privatenet.app.jobs import (
     model_meta,
     train_job,
 )
+from privatenet.app.latency import LATENCY_PRECISIONS
 from privatenet.app.protocol import FORWARD_SHARE, plan, reproduce, resolve_config
 from privatenet.app.report import advice_markdown, audit_markdown, tables_markdown
-from privatenet.app.video import video_job
-from privatenet.audit import check_audit_settings
+from privatenet.app.video_job import video_job
+from privatenet.auditing import check_audit_settings
 from privatenet.bench import check_out_file, format_table, measure
 from privatenet.bottleneck import check_channels
 from privatenet.data import load_dataset
@@ -169,8 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "options")
 
     p = sub.add_parser("train", help="train a task network, optionally privacy-preserving",
-                       description="Train a network on --target. With --loss, add the privacy "
-                                   "term of Eq. 8 on --tap against a known adversary.")
+                       description="Train a network on --target. With --defence, protect the "
+                                   "features of --tap (a privacy term of Eq. 8, an eraser or a "
+                                   "bottleneck; --loss is the old name of --defence).")
     _data_args(p)
     g = p.add_argument_group("model")
     g.add_argument("--model", default="arm_resnet18", type=_model_name,
@@ -184,9 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torchvision ResNet-18 weights file to start the backbone from (the "
                         "paper: ImageNet, resnet18-f37072fd.pth; read weights-only, nothing is "
                         "downloaded); arm_resnet18 and resnet18")
-    g = p.add_argument_group("privacy (--loss, --tap, --private; --adversary where the loss "
-                             "needs one)")
-    g.add_argument("--loss", choices=DEFENCES, default=None,
+    g = p.add_argument_group("privacy (--defence, --tap, --private; --adversary where the "
+                             "defence needs one)")
+    g.add_argument("--defence", "--loss", dest="defence", choices=DEFENCES, default=None,
                    help="; ".join(f"{k}: {v}" for k, v in DEFENCE_HELP.items()))
     g.add_argument("--tap", default=None, help="feature tap the privacy term acts on")
     g.add_argument("--private", default=None,
@@ -203,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fixed (default): the known adversary is held fixed (the paper); "
                         "alternating: it is updated each step (min-max)")
     g.add_argument("--bottleneck-channels", type=int, default=None,
-                   help="--loss vib or vib+leace: channels of the noisy code at the tap "
+                   help="--defence vib or vib+leace: channels of the noisy code at the tap "
                         "(default 16)")
     _optim_args(p, epochs=10, batch_size=64)
     _speed_args(p.add_argument_group("speed (docs/design.md §4.4)"))
@@ -287,8 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network (default arm_resnet18, the paper's)")
     g.add_argument("--taps", default=None,
                    help="comma list of taps to attack and protect (default: all of the model's)")
-    g.add_argument("--losses", default=None,
-                   help=f"comma list of defences (default all: {','.join(DEFENCES)})")
+    g.add_argument("--defences", "--losses", dest="defences", default=None,
+                   help=f"comma list of defences (default all: {','.join(DEFENCES)}; --losses is "
+                        "the old name)")
     g.add_argument("--lam", type=float, default=None,
                    help="lambda of the Table 2 networks (default 0.5)")
     g.add_argument("--lambdas", default=None,
@@ -296,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init", choices=("original", "scratch"), default=None,
                    help="privacy networks start from the original network (default) or from "
                         "scratch")
-    g.add_argument("--adversarial-update", choices=ADVERSARY_UPDATES, default=None,
+    g.add_argument("--adversary-update", "--adversarial-update", dest="adversary_update",
+                   choices=ADVERSARY_UPDATES, default=None,
                    help="the adversarial loss's known adversary: fixed (default, the paper's) "
                         "or alternating (trained alongside; the report adds its accuracy)")
     g.add_argument("--backbone-weights", default=None,
@@ -315,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "on the test rows); a data set's own attacker split is used as it is")
     g.add_argument("--bottleneck-channels", type=int, default=None,
                    help="the vib and vib+leace defences' code channels (default 16)")
-    g.add_argument("--latency-precision", choices=("fp32", "bf16"), default=None,
+    g.add_argument("--latency-precision", choices=LATENCY_PRECISIONS, default=None,
                    help="Table 3 precision (default fp32, the paper's)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=None, help="task network epochs")
@@ -364,8 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "model on a few images. Needs the deploy extra: "
                                    "pip install -e \".[deploy]\".")
     g = p.add_argument_group("what to export")
-    g.add_argument("--model", "--run", dest="run", required=True,
-                   help="folder of a finished 'privatenet train' run")
+    g.add_argument("--run", "--model", dest="run", required=True,
+                   help="folder of a finished 'privatenet train' run (--model is the old "
+                        "name)")
     g.add_argument("--split", "--tap", dest="tap", required=True,
                    help="tap to split at: the untrusted part ends there (see the model's taps)")
     g = p.add_argument_group("check images")
@@ -393,10 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "video extra: pip install -e \".[video]\".")
     p.add_argument("input", help="video file: mp4, avi, mkv, webm (read with PyAV's bundled "
                                  "FFmpeg)")
-    p.add_argument("--model", required=True,
+    p.add_argument("--run", "--model", dest="run", required=True,
                    help="folder of a finished 'privatenet train' run (torch) or of a "
                         "'privatenet export' (export.json; ONNX Runtime, untrusted then "
-                        "trusted part)")
+                        "trusted part); --model is the old name")
     p.add_argument("--every", type=int, default=1,
                    help="process every N-th frame only (default 1: every frame)")
     p.add_argument("--annotate", action="store_true",
@@ -573,22 +578,22 @@ def _fmt_leakage(title: str, r: dict) -> str:
 def cmd_train(args) -> int:
     # Every option is checked here, before a single image is decoded.
     privacy = None
-    given = {k: getattr(args, k) for k in ("loss", "tap", "private")}
+    given = {"defence": args.defence, "tap": args.tap, "private": args.private}
     if args.adversary is not None or any(v is not None for v in given.values()):
         missing = [f"--{k}" for k, v in given.items() if v is None]
         if missing:
             raise PrivatenetError(f"privacy training needs {', '.join(missing)} as well "
-                                  "(or none of --loss/--tap/--private/--adversary)")
+                                  "(or none of --defence/--tap/--private/--adversary)")
         private = _split_list(args.private)
         adversary = _split_list(args.adversary) if args.adversary else [None] * len(private)
-        privacy = dict(given, private=private, adversary=adversary,
+        privacy = dict(loss=args.defence, tap=args.tap, private=private, adversary=adversary,
                        lam=check_lam(0.5 if args.lam is None else args.lam),
                        update=args.adversary_update or "fixed")
         if args.bottleneck_channels is not None:
-            if args.loss not in BOTTLENECKED:
-                raise PrivatenetError(f"--bottleneck-channels applies to --loss "
+            if args.defence not in BOTTLENECKED:
+                raise PrivatenetError(f"--bottleneck-channels applies to --defence "
                                       f"{' or '.join(BOTTLENECKED)} only, not "
-                                      f"{args.loss}; drop it")
+                                      f"{args.defence}; drop it")
             privacy["channels"] = check_channels(args.bottleneck_channels)
     else:
         stray = [f for f, v in (("--lam", args.lam), ("--adversary-update",
@@ -597,7 +602,7 @@ def cmd_train(args) -> int:
                  if v is not None]
         if stray:  # silently training without privacy would be worse than refusing
             raise PrivatenetError(f"{' and '.join(stray)}: only for privacy training; add "
-                                  "--loss, --tap and --private, or leave them out")
+                                  "--defence, --tap and --private, or leave them out")
     config = _train_config(args)
     data = _load_data(args, args.data, image_size=args.image_size)
     weights = {"backbone_weights": args.backbone_weights} if args.backbone_weights else {}
@@ -728,7 +733,7 @@ def cmd_video(args) -> int:
         bar.update(read - bar.n)
 
     try:
-        s = video_job(input=args.input, model=args.model, out=args.out,
+        s = video_job(input=args.input, model=args.run, out=args.out,
                       annotate=args.annotate, every=args.every, threads=args.threads,
                       on_frame=on_frame)
     finally:
@@ -831,11 +836,11 @@ def cmd_reproduce(args) -> int:
     overrides = {
         "data": args.data, "image_size": args.image_size, "cache_dir": args.cache_dir,
         "target": args.target, "private": _split_list(args.private), "model": args.model,
-        "taps": _split_list(args.taps), "losses": _split_list(args.losses), "lam": args.lam,
+        "taps": _split_list(args.taps), "losses": _split_list(args.defences), "lam": args.lam,
         "lambdas": _split_list(args.lambdas, float), "init": args.init, "epochs": args.epochs,
         "adversary_epochs": args.adversary_epochs, "privacy_epochs": args.privacy_epochs,
         "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
-        "adversarial_update": args.adversarial_update, "backbone_weights": args.backbone_weights,
+        "adversarial_update": args.adversary_update, "backbone_weights": args.backbone_weights,
         "seeds": args.seeds, "latency_precision": args.latency_precision,
         "audit_zoo": args.audit_zoo, "attacker_share": args.attacker_share,
         "vib_channels": args.bottleneck_channels, **_speed_settings(args)}

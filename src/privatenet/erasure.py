@@ -33,7 +33,7 @@ do too.
 ``arm_fc`` head or a tree ensemble on the same erased features can still recover the attribute
 (erasing class means leaves differences in covariance and higher moments). Taps *after* the
 erased one (``arm`` when ``backbone`` is erased) are nonlinear functions of it and carry no
-guarantee at all. Audit the result with the nonlinear attackers of :mod:`privatenet.audit`.
+guarantee at all. Audit the result with the nonlinear attackers of :mod:`privatenet.auditing`.
 
 The eraser is computed here rather than by ``concept_erasure.LeaceFitter``: the same estimator
 (``LeaceFitter(method="leace", affine=True, constrain_cov_trace=True, shrinkage=True,

@@ -44,6 +44,7 @@ from torch import nn
 from torch.func import functional_call
 
 from privatenet.bottleneck import TapBottleneck
+from privatenet.checks import check_seed, is_int
 from privatenet.data.base import MISSING
 from privatenet.errors import PrivatenetError
 from privatenet.losses import (
@@ -87,19 +88,12 @@ _MODE_OPTIONS = {"members": ("ensemble",), "reinit_every": ("ensemble",), "seed"
                  "tap_shape": ("ensemble",), "num_classes": ("ensemble", "hsic"),
                  "bandwidths": ("hsic",), "bottleneck": ("vib",)}
 
-_MAX_SEED = 2**63 - 1
-
-
 def check_update(update: str) -> str:
     """``update`` if it is a known adversary update mode, else a one-line error."""
     if update not in ADVERSARY_UPDATES:
         raise PrivatenetError(f"adversary update {update!r} is unknown; use one of "
                               f"{', '.join(ADVERSARY_UPDATES)}")
     return update
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _derived_seed(seed: int, key: int) -> int:
@@ -256,7 +250,7 @@ class PrivacyRegularizer(nn.Module):
 
     @staticmethod
     def _check_num_classes(num_classes: Any) -> int:
-        if not _is_int(num_classes) or num_classes < 2:
+        if not is_int(num_classes) or num_classes < 2:
             raise PrivatenetError(f"num_classes={num_classes!r} is invalid; give the number of "
                                   "private classes, an integer >= 2")
         return num_classes
@@ -270,7 +264,7 @@ class PrivacyRegularizer(nn.Module):
             self._check_num_classes(num_classes)
         if tap_shape is not None and (
                 not isinstance(tap_shape, (tuple, list)) or not tap_shape
-                or not all(_is_int(s) and s >= 1 for s in tap_shape)):
+                or not all(is_int(s) and s >= 1 for s in tap_shape)):
             raise PrivatenetError(f"tap_shape={tap_shape!r} is invalid; give the tap's shape "
                                   "without the batch dimension, e.g. (512, 7, 7)")
         # Shapes come from the caller or from the known adversary's config; both must agree.
@@ -287,13 +281,11 @@ class PrivacyRegularizer(nn.Module):
             num_classes if num_classes is not None else known_config["num_classes"])
         self.tap_shape = tuple(tap_shape if tap_shape is not None else known_config["tap_shape"])
         self.reinit_every = DEFAULT_REINIT_EVERY if reinit_every is None else reinit_every
-        if not _is_int(self.reinit_every) or self.reinit_every < 0:
+        if not is_int(self.reinit_every) or self.reinit_every < 0:
             raise PrivatenetError(f"reinit_every={reinit_every!r} is invalid; give an integer "
                                   ">= 0 (0 never re-initialises)")
         self.seed = 0 if seed is None else seed
-        if not _is_int(self.seed) or not 0 <= self.seed <= _MAX_SEED:
-            raise PrivatenetError(f"seed={seed!r} is invalid; give an integer in "
-                                  f"[0, {_MAX_SEED}]")
+        check_seed(self.seed)
         specs = DEFAULT_ENSEMBLE if members is None else members
         if isinstance(specs, (str, Mapping)) or not isinstance(specs, Sequence):
             raise PrivatenetError(f"members={members!r} is invalid; give a list of adversary "

@@ -83,7 +83,7 @@ def test_direct_construction_must_be_canonical():
         ("digits:size=32.0", "size='32.0' is not an integer"),
         ("digits:size=7", "digits size=7 is out of range; give an integer 8..1024"),
         ("digits:size=1025", "digits size=1025 is out of range; give an integer 8..1024"),
-        ("digits:seed=-1", "digits:seed=-1 is out of range; give seed >= 0"),
+        ("digits:seed=-1", "digits:seed=-1 is invalid; give an integer in [0, 4294967295]"),
         ("digits:seed=x", "seed='x' is not an integer"),
         ("digits:test_fraction=0", "digits:test_fraction=0.0 is out of range; give 0 < x < 1"),
         ("digits:test_fraction=1", "digits:test_fraction=1.0 is out of range; give 0 < x < 1"),
@@ -105,7 +105,7 @@ def test_bad_options_are_one_line_errors(text, needle):
     [
         ({"size": True}, "digits size=True is not an integer"),
         ({"size": None}, "digits size=None is not an integer"),
-        ({"seed": 1.5}, "digits:seed=1.5 is not an integer"),
+        ({"seed": 1.5}, "digits:seed=1.5 is invalid"),
         ({"test_fraction": "0.2"}, "test_fraction='0.2' is not a number"),
     ],
 )

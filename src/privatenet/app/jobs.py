@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from privatenet.app.report import audit_markdown, plot_audit
-from privatenet.audit import AUDIT_PROTOCOL, audit, check_audit_settings
+from privatenet.auditing import AUDIT_PROTOCOL, audit, check_audit_settings
 from privatenet.bottleneck import VIB_CHANNELS, bottleneck_at_tap, check_channels
 from privatenet.data.base import ATTACKER_SPLIT, Dataset, Split
 from privatenet.data.labels import EMOTIONS
@@ -145,7 +145,7 @@ def evaluate_task(model: torch.nn.Module, split: Split, column: str, num_classes
     device = resolve_device(config.device)
     model.to(device)
     pred = extract(model, split.images, batch_size=config.eval_batch_size,
-                   device=device).argmax(1)
+                   device=device, precision=config.precision).argmax(1)
     return leakage(pred, split.labels[column], num_classes=num_classes, seed=config.seed)
 
 
@@ -155,7 +155,7 @@ def evaluate_adversary(head: torch.nn.Module, model: torch.nn.Module, split: Spl
     device = resolve_device(config.device)
     model.to(device)
     feats = extract(model, split.images, tap=tap, batch_size=config.eval_batch_size,
-                    device=device)
+                    device=device, precision=config.precision)
     pred = predict_features(head.to(device), feats, device=device)
     return leakage(pred, split.labels[attribute], num_classes=num_classes, seed=config.seed)
 
@@ -410,7 +410,7 @@ def _erase_and_finetune(net: torch.nn.Module, train: Split, data: Dataset, tap: 
     device = resolve_device(config.device)
     seed_everything(config.seed)  # a vib network draws noise in every forward pass
     feats = extract(net.to(device), train.images, tap=tap, batch_size=config.eval_batch_size,
-                    device=device)
+                    device=device, precision=config.precision)
     eraser = fit_eraser(feats, train.labels[attribute],
                         num_classes=len(data.classes[attribute]))
     del feats
@@ -484,7 +484,7 @@ def attack_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str
         # Seeded before the features too: a vib network draws noise in every forward pass.
         seed_everything(config.seed)
         feats = extract(net, train.images, tap=tap, batch_size=config.eval_batch_size,
-                        device=device)
+                        device=device, precision=config.precision)
         num_classes = len(data.classes[attribute])
         adversary = create_adversary(head, tap_shape=tuple(feats.shape[1:]),
                                      num_classes=num_classes)
@@ -567,7 +567,7 @@ def audit_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str,
               config: TrainConfig, out: str | Path, zoo: str = "full", seeds: int = 1,
               folds: int = 5, controls: bool | str = True, mdl: bool = True,
               in_sample: bool = False, on_attacker=None) -> dict:
-    """The worst-case leakage audit (:func:`privatenet.audit.audit`) of ``tap`` of a trained
+    """The worst-case leakage audit (:func:`privatenet.auditing.audit`) of ``tap`` of a trained
     network for ``attribute``, with attackers that never saw a defender row.
 
     The scoring rows are the test split. The attackers train on the data set's ``attacker``
@@ -599,7 +599,12 @@ def audit_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str,
                    "settings": {k: v for k, v in settings.items()
                                 if k not in ("data", "model_run")}}
     device = resolve_device(config.device)
-    bs = config.eval_batch_size
+
+    def at(model, images, which):
+        """``which`` tap's features (None: the logits) of ``model`` on ``images``."""
+        return extract(model, images, tap=which, batch_size=config.eval_batch_size,
+                       device=device, precision=config.precision)
+
     # An audit keeps no checkpoints: a rerun of the same command returns a finished audit and
     # redoes an interrupted one; other inputs in the same folder are refused.
     with open_run(out, kind="audit", fingerprint=fingerprint, resume=True) as run:
@@ -614,7 +619,7 @@ def audit_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str,
             def one(split):
                 if transform is not None:
                     return transform(split)
-                return extract(model, split.images, tap=which, batch_size=bs, device=device)
+                return at(model, split.images, which)
             return (one(attackers) if fresh else None), one(test)
 
         control_features = None
@@ -642,8 +647,8 @@ def audit_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str,
         result = audit(
             scoring=(test_feats, test.labels[attribute]),
             attacker=(att_feats, attackers.labels[attribute]) if fresh else None,
-            in_sample=((extract(net, train.images, tap=tap, batch_size=bs, device=device),
-                        train.labels[attribute]) if in_sample else None),
+            in_sample=((at(net, train.images, tap), train.labels[attribute]) if in_sample
+                       else None),
             num_classes=len(data.classes[attribute]), zoo=zoo, seeds=seeds, folds=folds,
             controls=control_features, heads=heads, mdl=mdl, device=str(device),
             on_attacker=on_attacker)

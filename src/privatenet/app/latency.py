@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 #: Precisions of the latency measurement: ``fp32`` (the paper's Table 3) or ``bf16`` autocast.
-PRECISIONS = ("fp32", "bf16")
+LATENCY_PRECISIONS = ("fp32", "bf16")
 
 
 @torch.no_grad()
@@ -19,9 +19,9 @@ def latency_ms(model: nn.Module, *, image_size: int, device: str | torch.device 
     """Per-image inference time of ``model`` in eval mode: mean and std over ``repeats`` timed
     forward passes of one batch (batch 1 by default, as in the paper's Table 3), in ms, in
     ``precision`` (``fp32``, the paper's, or ``bf16`` autocast)."""
-    if repeats < 2 or warmup < 0 or batch_size < 1 or precision not in PRECISIONS:
+    if repeats < 2 or warmup < 0 or batch_size < 1 or precision not in LATENCY_PRECISIONS:
         raise ValueError(f"need repeats >= 2, warmup >= 0, batch_size >= 1, precision in "
-                         f"{PRECISIONS}")
+                         f"{LATENCY_PRECISIONS}")
     device = torch.device(device)
     was_training = model.training
     model.eval().to(device)

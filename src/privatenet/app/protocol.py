@@ -37,9 +37,9 @@ from privatenet.app.jobs import (
     load_model,
     train_job,
 )
-from privatenet.app.latency import PRECISIONS, latency_ms
+from privatenet.app.latency import LATENCY_PRECISIONS, latency_ms
 from privatenet.app.report import write_report
-from privatenet.audit import AUDIT_PROTOCOL, check_audit_rows, check_audit_settings
+from privatenet.auditing import AUDIT_PROTOCOL, check_audit_rows, check_audit_settings
 from privatenet.bench import measure
 from privatenet.bottleneck import VIB_CHANNELS, check_channels
 from privatenet.data import load_dataset
@@ -152,9 +152,9 @@ class ProtocolConfig:
         if isinstance(value, bool) or not isinstance(value, int) or value < 2:
             raise PrivatenetError(f"latency_repeats={value!r} is invalid; give an integer >= 2")
         check_seeds(self.seeds, first=self.train.seed)
-        if self.latency_precision not in PRECISIONS:
+        if self.latency_precision not in LATENCY_PRECISIONS:
             raise PrivatenetError(f"latency_precision={self.latency_precision!r} is unknown; "
-                                  f"use one of {', '.join(PRECISIONS)}")
+                                  f"use one of {', '.join(LATENCY_PRECISIONS)}")
         if not isinstance(self.audit_mdl, bool):
             raise PrivatenetError(f"audit_mdl={self.audit_mdl!r} is invalid; give True or False")
         if self.audit_zoo != "none":

@@ -233,7 +233,7 @@ _ATTACKER_HEADER = ["attacker", "input", "accuracy %", "balanced %", "majority %
 def audit_markdown(result: dict) -> str:
     """The audit's tables: the protocol and its rows, every attacker, the worst case with its
     learning curve, the description length, the controls (the floor first) and the in-sample
-    column, all from ``result`` (as :func:`privatenet.audit.audit` returns it)."""
+    column, all from ``result`` (as :func:`privatenet.auditing.audit` returns it)."""
     s, w = result["settings"], result["worst"]
     if result.get("protocol") == "cross-fitted":
         how = (f"cross-fitted over {s['folds']} stratified folds of the {s['n_scoring']} "

@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from privatenet.checks import check_seed
 from privatenet.errors import PrivatenetError
 
 __all__ = [
@@ -167,7 +168,7 @@ def check_synthfaces_options(
             f"{MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}"
         )
     out["size"] = check_image_size(size, name="synthfaces size")
-    out["seed"] = _check_seed("synthfaces", seed)
+    out["seed"] = check_seed(seed, name="synthfaces:seed")
     if test_fraction is not None:
         out["test_fraction"] = _check_test_fraction("synthfaces", test_fraction)
     return out
@@ -189,17 +190,9 @@ def check_digits_options(
         )
     return {
         "size": check_image_size(size, name="digits size"),
-        "seed": _check_seed("digits", seed),
+        "seed": check_seed(seed, name="digits:seed"),
         "test_fraction": _check_test_fraction("digits", test_fraction),
     }
-
-
-def _check_seed(kind: str, seed: object) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise PrivatenetError(f"{kind}:seed={seed!r} is not an integer; give an integer")
-    if seed < 0:
-        raise PrivatenetError(f"{kind}:seed={seed!r} is out of range; give seed >= 0")
-    return int(seed)
 
 
 def _check_test_fraction(kind: str, test_fraction: object) -> float:

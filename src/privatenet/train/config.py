@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from privatenet.checks import MAX_SEED, check_seed, is_int
 from privatenet.errors import PrivatenetError
 
 
@@ -42,11 +43,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name, low in (("epochs", 1), ("batch_size", 2), ("eval_batch_size", 1)):
             value = getattr(self, name)
-            if not _is_int(value) or value < low:
+            if not is_int(value) or value < low:
                 raise PrivatenetError(f"{name}={value!r} is invalid; give an integer >= {low}")
-        if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
-            raise PrivatenetError(f"seed={self.seed!r} is invalid; give an integer in "
-                                  f"[0, {MAX_SEED}]")
+        check_seed(self.seed)
         reals = [
             ("lr", lambda v: v > 0, "a positive number"),
             ("weight_decay", lambda v: v >= 0, "a number >= 0"),
@@ -109,9 +108,6 @@ MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 #: Settings that change speed and, by rounding only, the numbers (left out of keys at defaults).
 SPEED_SETTINGS = ("precision", "memory_format", "compile")
 
-#: The largest seed every generator accepts (NumPy's legacy seeding takes [0, 2**32 - 1]).
-MAX_SEED = 2**32 - 1
-
 #: The most seeds a repeated measurement (``reproduce --seeds``, ``audit --seeds``) may take:
 #: each seed is a whole rerun, so a mistyped count would otherwise run for days (or grow a plan
 #: in memory for minutes) before anything is reported.
@@ -122,16 +118,13 @@ def check_seeds(seeds: object, *, first: int = 0) -> int:
     """``seeds``, a number of seeds (``first``, ``first + 1``, ...), as an integer in
     1..:data:`MAX_SEEDS` whose last seed is at most :data:`MAX_SEED`; else a one-line
     :class:`PrivatenetError`."""
-    if not _is_int(seeds) or not 1 <= seeds <= MAX_SEEDS:
+    if not is_int(seeds) or not 1 <= seeds <= MAX_SEEDS:
         raise PrivatenetError(f"seeds={seeds!r} is invalid; give an integer in 1..{MAX_SEEDS}")
     if first + seeds - 1 > MAX_SEED:
         raise PrivatenetError(f"seeds={seeds} from seed={first} reaches seed "
                               f"{first + seeds - 1}, above {MAX_SEED}; give a smaller seed")
     return int(seeds)
 
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_real(value) -> bool:

@@ -87,12 +87,14 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 @torch.no_grad()
 def extract(model: nn.Module, images: torch.Tensor, *, tap: str | None = None,
-            batch_size: int = 256, device: str | torch.device = "cpu") -> torch.Tensor:
+            batch_size: int = 256, device: str | torch.device = "cpu",
+            precision: str = "auto") -> torch.Tensor:
     """Logits (``tap=None``) or the features of ``tap`` of ``model`` in eval mode, float32 on CPU.
 
     ``images`` (N, C, H, W): uint8 images (as privatenet's data sets hold them) are normalised
     with the ImageNet statistics; float tensors are taken as already preprocessed. Never
-    augmented.
+    augmented. ``precision``: as :class:`~privatenet.train.config.TrainConfig`'s (``auto`` is
+    bf16 autocast on CUDA, fp32 elsewhere); pass the run's, so ``fp32`` holds for evaluation too.
     """
     if tap is not None:
         require_tap(model, tap)
@@ -104,7 +106,7 @@ def extract(model: nn.Module, images: torch.Tensor, *, tap: str | None = None,
     try:
         for i in range(0, images.shape[0], batch_size):
             x = prepare(images[i:i + batch_size].to(device))
-            with autocast_for(device):
+            with autocast_for(device, precision):
                 if tap is None:
                     y = model(x)
                 else:

@@ -4,7 +4,7 @@ classify each face on its own, smooth per track, draw and write frames.
 ``av`` (PyAV) and ``opencv-python-headless`` come with the ``video`` extra
 (``pip install -e ".[video]"``), ``onnxruntime`` for export folders with the ``deploy`` extra;
 they are imported only when needed. The ``privatenet video`` job (run folder, output files) is
-:mod:`privatenet.app.video`.
+:mod:`privatenet.app.video_job`.
 """
 
 from privatenet.video.annotate import draw_faces
