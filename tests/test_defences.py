@@ -165,6 +165,8 @@ def test_ensemble_scores_members_before_their_step_and_backward_survives_it():
     expect = torch.stack([confusion_loss(m(dependent)) for m in reg.members]).mean()
     loss = reg(torch.tensor(0.0), feats, s)
     assert loss.item() == pytest.approx(0.5 * expect.item(), abs=1e-6)
+    assert _equal(before, _states(reg.members))  # no hidden step in the loss
+    reg.adversary_step()
     loss.backward()  # valid after the members' in-place step
     assert feats.grad.abs().sum() > 0
     after = _states(reg.members)
@@ -173,6 +175,7 @@ def test_ensemble_scores_members_before_their_step_and_backward_survives_it():
     assert reg.last_member_losses.shape == (3,)
     reg.eval()
     reg(torch.tensor(0.0), feats, s)  # eval: no step, no count
+    reg.adversary_step()
     assert _equal(after, _states(reg.members)) and int(reg.ensemble.calls) == 1
 
 
@@ -190,6 +193,7 @@ def test_ensemble_reinitialises_one_member_every_reinit_every_steps_round_robin(
     seen = []
     for _ in range(7):
         reg(torch.tensor(0.0), dependent, s)
+        reg.adversary_step()
         seen.append(adam_steps())
     # re-inits after steps 2 (member 0), 4 (member 1), 6 (member 2)
     assert seen == [[1, 1, 1], [0, 2, 2], [1, 3, 3], [2, 0, 4], [3, 1, 5], [4, 2, 0],
@@ -201,6 +205,7 @@ def test_ensemble_reinitialises_one_member_every_reinit_every_steps_round_robin(
     state = torch.get_rng_state()
     for _ in range(7):
         again(torch.tensor(0.0), dependent, s)
+        again.adversary_step()
     assert torch.equal(torch.get_rng_state(), state)  # the global RNG is not consumed
     assert _equal(_states(reg.members), _states(again.members))
     other_seed = _ensemble(reinit_every=2, seed=1)
@@ -212,9 +217,11 @@ def test_ensemble_save_and_load_continue_exactly(tmp_path):
     reg = _ensemble(reinit_every=2)
     for _ in range(3):
         reg(torch.tensor(0.0), dependent, s)
+        reg.adversary_step()
     reg.save(tmp_path / "ens")
     other = _ensemble(reinit_every=2)
     other(torch.tensor(0.0), dependent[:8], s[:8])  # other weights, other counter
+    other.adversary_step()
     other.load(tmp_path / "ens")
     assert _equal(_states(reg.members), _states(other.members))
     assert int(other.ensemble.calls) == 3
@@ -222,6 +229,8 @@ def test_ensemble_save_and_load_continue_exactly(tmp_path):
         a = reg.privacy_term(dependent, s)
         b = other.privacy_term(dependent, s)
         assert torch.equal(a, b)
+        reg.adversary_step()
+        other.adversary_step()
     assert _equal(_states(reg.members), _states(other.members))
     with pytest.raises(pn.PrivatenetError, match="settings"):
         _ensemble(reinit_every=3).load(tmp_path / "ens")
@@ -236,7 +245,8 @@ def test_ensemble_with_a_known_adversary_infers_shapes_and_leaves_it_untouched()
     assert len(reg.members) == 2 and reg.settings()["known"]["hidden"] == 16
     assert reg.settings()["tap_shape"] == [8] and reg.settings()["num_classes"] == 3
     s, _, dependent = _encoded(16)
-    reg(torch.tensor(0.0), dependent, s)  # step 1 re-initialises member 0, the known one
+    reg(torch.tensor(0.0), dependent, s)
+    reg.adversary_step()  # step 1 re-initialises member 0, the known one
     assert all(torch.equal(known.state_dict()[k], v) for k, v in before.items())
     fresh = reg.members[0].state_dict()
     assert not torch.equal(fresh["head.0.weight"], before["head.0.weight"])
@@ -249,6 +259,7 @@ def test_ensemble_with_a_known_adversary_infers_shapes_and_leaves_it_untouched()
     reg = PrivacyRegularizer(plain, loss="ensemble", tap_shape=(8,), num_classes=3,
                              members=[], reinit_every=1)
     reg(torch.tensor(0.0), dependent, s)
+    reg.adversary_step()
     assert not torch.equal(reg.members[0][0].weight, plain[0].weight)
     assert reg.settings()["known"] == "Sequential"
 
@@ -300,6 +311,7 @@ def test_ensemble_training_hides_the_attribute_from_a_fresh_attacker():
         encoder, head = nn.Linear(10, 8), nn.Linear(8, 3)
         reg = _ensemble(lam=lam, num_classes=2, reinit_every=25)
         opt = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=1e-2)
+        reg.attach(opt)  # the members step after every opt.step()
         g = torch.Generator().manual_seed(0)
         for _ in range(150):
             idx = torch.randint(0, 512, (64,), generator=g)

@@ -27,3 +27,19 @@ def test_own_loop_example_runs_and_reports_leakage(make_manifest, tmp_path, caps
         column, k = ("emotion", 3) if name == "utility" else ("gender", 2)
         check_report(r, test[column], k)
     assert "normalised" in capsys.readouterr().out
+
+
+def test_attach_example_runs_a_plain_loop_with_make_private(make_manifest,
+                                                             tmp_path, capsys):
+    path = EXAMPLE.parent / "attach.py"
+    source = path.read_text()
+    assert "pn.fit(" not in source and "adversary_step" not in source  # the hook does it
+    spec = importlib.util.spec_from_file_location("attach", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    csv = make_manifest(tmp_path, n_train=40, n_test=16, size=32)
+    report = example.main([str(csv), "--size", "32", "--epochs", "1"])
+    test = load_dataset(f"manifest:{csv}").splits["test"].labels
+    check_report(report["utility"], test["emotion"], 3)
+    check_report(report["adversary trained alongside"], test["gender"], 2)
+    assert "adversary trained alongside" in capsys.readouterr().out

@@ -47,7 +47,7 @@ from privatenet.models import (
     tap_shapes,
 )
 from privatenet.models.taps import with_taps
-from privatenet.regularizer import PrivacyRegularizer
+from privatenet.regularizer import PrivacyRegularizer, make_private
 from privatenet.train.config import TrainConfig
 from privatenet.train.loop import extract, fit, fit_adversary
 from privatenet.version import __version__  # noqa: F401  (the package's version)
@@ -77,6 +77,7 @@ __all__ = [
     "hsic_loss",
     "leakage",
     "list_models",
+    "make_private",
     "register_model",
     "load_dataset",
     "tap_shapes",

@@ -14,9 +14,9 @@ Modes (``loss=``):
   the encoder against one adversary. ``update="fixed"`` (the paper) holds the known adversary
   truly fixed: the regularizer keeps its own copy in eval mode with no gradient and no
   optimizer, so neither the caller's adversary nor its batch-norm statistics ever change.
-  ``update="alternating"`` (Edwards & Storkey) also trains that copy: each call scores the
-  encoder against the adversary as it is, then takes one Adam step of the adversary on the
-  detached features.
+  ``update="alternating"`` (Edwards & Storkey) also trains that copy: each training call scores
+  the encoder against the adversary as it is; :meth:`PrivacyRegularizer.adversary_step` then
+  takes one Adam step of the adversary on the detached features.
 - ``ensemble``: the confusion loss averaged over several adversaries of different capacity,
   each trained alternately and re-initialised in turn (see :class:`PrivacyRegularizer`).
 - ``hsic``: no adversary; the normalised HSIC between the features and the private label
@@ -26,7 +26,10 @@ Modes (``loss=``):
   forward pass that produced the features.
 
 :meth:`PrivacyRegularizer.privacy_term` gives ``L_priv`` alone, for losses that combine several
-terms (``fit`` with several private attributes).
+terms (``fit`` with several private attributes). The adversaries of ``alternating`` and
+``ensemble`` step only when asked (:meth:`PrivacyRegularizer.adversary_step`, or
+:meth:`PrivacyRegularizer.attach` to an optimizer); :func:`make_private` attaches a regularizer
+to a user's model and optimizer in one call.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from privatenet.losses import (
     total_loss,
 )
 from privatenet.models import adversary_from_config
+from privatenet.models.taps import tap_layer
 from privatenet.storage import (
     load_checkpoint,
     load_optimizer_state,
@@ -67,7 +71,9 @@ from privatenet.storage import (
     unprefixed,
 )
 
-__all__ = ["ADVERSARY_UPDATES", "DEFAULT_ENSEMBLE", "DEFAULT_REINIT_EVERY", "PrivacyRegularizer"]
+__all__ = ["ADVERSARY_UPDATES", "DEFAULT_ENSEMBLE", "DEFAULT_REINIT_EVERY", "AdversaryRegularizer",
+           "AlternatingRegularizer", "EnsembleRegularizer", "HsicRegularizer",
+           "PrivacyRegularizer", "VibRegularizer", "make_private"]
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +88,6 @@ DEFAULT_ENSEMBLE = ({"kind": "linear"}, {"kind": "mlp", "hidden": 64},
 
 #: Adversary steps between two re-initialisations (of one member each) in ``ensemble`` mode.
 DEFAULT_REINIT_EVERY = 100
-
-# Which keyword-only options each mode takes (beyond loss, lam, update, lr, weight_decay).
-_MODE_OPTIONS = {"members": ("ensemble",), "reinit_every": ("ensemble",), "seed": ("ensemble",),
-                 "tap_shape": ("ensemble",), "num_classes": ("ensemble", "hsic"),
-                 "bandwidths": ("hsic",), "bottleneck": ("vib",)}
 
 def check_update(update: str) -> str:
     """``update`` if it is a known adversary update mode, else a one-line error."""
@@ -115,14 +116,17 @@ class _Ensemble(nn.Module):
 
 
 class PrivacyRegularizer(nn.Module):
-    """Eq. 8 with a privacy term on one tap's features.
+    """Eq. 8 with a privacy term on one tap's features; ``PrivacyRegularizer(...)`` builds the
+    class of the mode that ``loss`` and ``update`` name (:class:`AdversaryRegularizer`,
+    :class:`AlternatingRegularizer`, :class:`EnsembleRegularizer`, :class:`HsicRegularizer`,
+    :class:`VibRegularizer`), all called the same way.
 
     Args:
         adversary: a module mapping tap features (N, *tap_shape) to private-class logits
             (N, K), for instance from :func:`privatenet.create_adversary` trained with
             :func:`privatenet.fit_adversary`; the regularizer works on a deep copy. Required
             for ``confusion`` and ``adversarial``; optional for ``ensemble`` (it then becomes
-            one more member); ``None`` for ``hsic``.
+            one more member); ``None`` for ``hsic`` and ``vib``.
         loss: ``"confusion"`` (Eq. 7, the paper), ``"adversarial"`` (Edwards & Storkey, the
             bounded ``-log(1 - p_true)``), ``"ensemble"``, ``"hsic"`` or ``"vib"``
             (:data:`privatenet.losses.PRIVACY_LOSSES`).
@@ -153,115 +157,314 @@ class PrivacyRegularizer(nn.Module):
     Call ``reg(task_loss, features, private)`` with ``private`` (N,) class indices, ``-1`` for
     an unknown label: those rows get no privacy term (a batch without any known label returns
     ``(1 - lam) * task_loss``). ``reg.privacy_term(features, private)`` returns ``L_priv``
-    alone. In eval mode (``reg.eval()``) no adversary is updated. ``last_privacy_loss`` and
-    ``last_adversary_loss`` hold the latest values (detached) for logging. ``reg.to(device)``
-    moves the adversaries; ``save``/``load`` keep their weights, optimizer state and (ensemble)
-    step counter in a safetensors checkpoint; ``trainable_modules()`` and ``optimizers()`` name
-    what a training loop must checkpoint with its model.
+    alone. ``last_privacy_loss`` and ``last_adversary_loss`` hold the latest values (detached)
+    for logging. ``reg.to(device)`` moves the adversaries; ``save``/``load`` keep their
+    weights, optimizer state and (ensemble) step counter in a safetensors checkpoint;
+    ``trainable_modules()`` and ``optimizers()`` name what a training loop must checkpoint with
+    its model.
 
-    **ensemble** trains several adversaries of different capacity alongside the encoder and
-    scores the encoder with the mean over members of the confusion loss (Eq. 7), so it must
-    make every member unsure at once instead of fooling one opponent; the uniform target (the
-    maximum-entropy adversary output of MaxEnt-ARL, Roy & Boddeti, CVPR 2019) cannot be "read
-    back" like the confidently wrong output the adversarial loss aims at. A single adversary
-    trained alongside tends to be beaten while the information stays recoverable by a fresh
-    attacker (Elazar & Goldberg, EMNLP 2018); hence several capacities, and every
-    ``reinit_every`` steps one member (round-robin) is re-initialised from scratch, so a fresh
-    attacker is always in training while the others stay trained. Each call scores the encoder
-    against the members as they are before their step (in eval mode, on copied weights), then
-    takes one Adam step of every member on the detached features. The known adversary, if
-    given, is the first member and is re-initialised in its turn like the others (rebuilt from
-    its ``config`` when it has one, else by its layers' ``reset_parameters``).
+    **The adversaries' own step is the caller's call.** A mode that trains adversaries
+    (``alternating``, ``ensemble``) never steps inside the loss: in training mode a call
+    scores the encoder against the adversaries as they are and keeps the batch's detached
+    features; :meth:`adversary_step` then takes their one Adam step on them. Call it once per
+    batch (before or after the encoder's backward and step: the encoder's graph uses a copy of
+    the adversaries' weights), or :meth:`attach` it to the encoder's optimizer once
+    (:func:`make_private` does both). A batch whose step was never taken is logged as a
+    warning. In eval mode (``reg.eval()``) nothing is kept and nothing steps.
     """
+
+    #: The keyword-only options this mode takes beyond loss, lam, update, lr, weight_decay.
+    OPTIONS: tuple[str, ...] = ()
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> PrivacyRegularizer:
+        if cls is PrivacyRegularizer:  # the base builds the class of the mode
+            cls = _mode_class(kwargs.get("loss", "confusion"), kwargs.get("update", "fixed"))
+        return super().__new__(cls)
 
     def __init__(self, adversary: nn.Module | None = None, *, loss: str = "confusion",
                  lam: float = 0.5, update: str = "fixed", lr: float = 1e-3,
-                 weight_decay: float = 1e-4, num_classes: int | None = None,
-                 tap_shape: Sequence[int] | None = None,
-                 members: Sequence[str | Mapping[str, Any]] | None = None,
-                 reinit_every: int | None = None, seed: int | None = None,
-                 bandwidths: Sequence[float] | None = None,
-                 bottleneck: nn.Module | None = None) -> None:
+                 weight_decay: float = 1e-4, **options: Any) -> None:
         super().__init__()
         if adversary is not None and not isinstance(adversary, nn.Module):
             raise PrivatenetError(f"adversary must be an nn.Module, got "
                                   f"{type(adversary).__name__}")
-        self.loss = check_loss(loss)
-        self.lam = check_lam(lam)
-        self.update = check_update(update)
+        self.loss, self.lam, self.update = check_loss(loss), check_lam(lam), check_update(update)
         for name, value in (("lr", lr), ("weight_decay", weight_decay)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (
                     name == "lr" and value == 0):
                 raise PrivatenetError(f"{name}={value!r} is invalid; give a positive number"
                                       + (" or 0" if name == "weight_decay" else ""))
         self.lr, self.weight_decay = float(lr), float(weight_decay)
-        options = {"members": members, "reinit_every": reinit_every, "seed": seed,
-                   "tap_shape": tap_shape, "num_classes": num_classes, "bandwidths": bandwidths,
-                   "bottleneck": bottleneck}
         for name, value in options.items():
-            if value is not None and loss not in _MODE_OPTIONS[name]:
-                modes = " or ".join(repr(m) for m in _MODE_OPTIONS[name])
+            if name not in _OPTION_MODES:
+                raise TypeError(f"PrivacyRegularizer() got an unexpected keyword argument "
+                                f"{name!r}")
+            if value is not None and name not in self.OPTIONS:
+                modes = " or ".join(repr(m) for m in _OPTION_MODES[name])
                 raise PrivatenetError(f"{name}= applies to loss={modes} only, not "
                                       f"loss={loss!r}; drop it")
-        if loss in ("ensemble", "hsic", "vib") and update != "fixed":
-            raise PrivatenetError(f"update={update!r} does not apply to loss={loss!r} "
-                                  "(it trains no single adversary); drop update=")
         self.adversary: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
-        self.criterion: nn.Module | None = None
         self.ensemble: _Ensemble | None = None
         self.last_privacy_loss: torch.Tensor | None = None
         self.last_adversary_loss: torch.Tensor | None = None
         #: ensemble: each member's cross-entropy at its latest step (detached), for logging.
         self.last_member_losses: torch.Tensor | None = None
-        self._bottleneck: tuple = ()
-        if loss in ("hsic", "vib") and adversary is not None:
-            raise PrivatenetError(f"loss={loss!r} uses no adversary; pass None as the adversary")
-        if loss == "vib":
-            if not isinstance(bottleneck, TapBottleneck):
-                raise PrivatenetError("loss='vib' needs bottleneck=<the TapBottleneck at the tap> "
-                                      "(privatenet.bottleneck_at_tap(model, ...).bottleneck)")
-            # Held in a tuple, not as a submodule: its weights are the model's, trained and
-            # saved with it, not a second copy in this regularizer.
-            self._bottleneck = (bottleneck,)
-        elif loss == "hsic":
-            self.num_classes = self._check_num_classes(num_classes)
-            self.bandwidths = check_bandwidths(
-                HSIC_BANDWIDTHS if bandwidths is None else bandwidths)
-        elif loss == "ensemble":
-            self._init_ensemble(adversary, num_classes, tap_shape, members, reinit_every, seed)
+        # The batch whose adversary step is due (detached features, labels), or None.
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._warned = False
+
+    # the call ---------------------------------------------------------------------------
+
+    def forward(self, task_loss: torch.Tensor, features: torch.Tensor,
+                private: torch.Tensor) -> torch.Tensor:
+        """Eq. 8: ``(1 - lam) * task_loss + lam * privacy_term(features, private)``.
+
+        ``task_loss``: a scalar; ``features``: (N, *tap_shape), still attached to the encoder's
+        graph; ``private``: (N,) int64 class indices, -1 for unknown.
+        """
+        return total_loss(task_loss, self.privacy_term(features, private), self.lam)
+
+    def privacy_term(self, features: torch.Tensor, private: torch.Tensor) -> torch.Tensor:
+        """``L_priv`` alone (a float32 scalar), for losses that combine several terms.
+
+        ``features``: (N, *tap_shape), attached to the encoder's graph; ``private``: (N,) class
+        indices, -1 for unknown (those rows are dropped; none left gives 0).
+        """
+        if features.shape[0] != private.shape[0]:
+            raise PrivatenetError(f"{features.shape[0]} feature rows for {private.shape[0]} "
+                                  "private labels; pass one label per row (-1 if unknown)")
+        private = private.to(features.device)
+        known = private != MISSING  # rows with an unknown attribute get no privacy term
+        if not bool(known.all()):
+            features, private = features[known], private[known]
+        if features.shape[0] == 0:
+            priv = torch.zeros((), device=features.device)
         else:
-            if adversary is None:
-                raise PrivatenetError(f"loss={loss!r} needs an adversary module (e.g. from "
-                                      "create_adversary and fit_adversary); or use loss='hsic' "
-                                      "or 'ensemble'")
-            self.criterion = LOSS_MODULES[loss]()
-            # A copy: the caller's adversary (the known adversary trained on the original
-            # network) must stay what it is, whatever this regularizer does to its own.
-            self.adversary = copy.deepcopy(adversary)
-            if update == "fixed":
-                self.adversary.eval().requires_grad_(False)
-            else:
-                self.adversary.requires_grad_(True)
-                self.optimizer = torch.optim.Adam(self.adversary.parameters(), lr=self.lr,
-                                                  weight_decay=self.weight_decay)
+            priv = self._term(features, private)
+        self.last_privacy_loss = priv.detach()
+        return priv
 
-    # construction of the ensemble ------------------------------------------------------------
+    def _term(self, features: torch.Tensor, private: torch.Tensor) -> torch.Tensor:
+        """The mode's ``L_priv`` on rows with a known label (at least one)."""
+        raise NotImplementedError
 
-    @staticmethod
-    def _check_num_classes(num_classes: Any) -> int:
-        if not is_int(num_classes) or num_classes < 2:
-            raise PrivatenetError(f"num_classes={num_classes!r} is invalid; give the number of "
-                                  "private classes, an integer >= 2")
-        return num_classes
+    def _keep_for_step(self, features: torch.Tensor, private: torch.Tensor) -> None:
+        """Keep a training batch for :meth:`adversary_step` (batch norm cannot train on one
+        row, so a single-row batch takes no step)."""
+        if self._pending is not None and not self._warned:
+            log.warning("%s: the adversaries' step of the previous batch was never taken; call "
+                        "reg.adversary_step() once per batch, or reg.attach(optimizer)",
+                        type(self).__name__)
+            self._warned = True
+        self._pending = (features.detach(), private) if features.shape[0] >= 2 else None
 
-    def _init_ensemble(self, adversary: nn.Module | None, num_classes: Any, tap_shape: Any,
-                       members: Any, reinit_every: Any, seed: Any) -> None:
+    def adversary_step(self) -> None:
+        """Take the adversaries' one Adam step on the latest training batch's detached features
+        (nothing for a mode without trained adversaries, or when no batch is due)."""
+        if self._pending is None:
+            return
+        features, private = self._pending
+        self._pending = None
+        self._step(features, private)
+
+    def _step(self, features: torch.Tensor, private: torch.Tensor) -> None:
+        """The mode's adversary step (modes that train adversaries override it)."""
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> Any:
+        """Take :meth:`adversary_step` after every ``optimizer.step()``; returns the hook's
+        handle (``handle.remove()`` detaches it)."""
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise PrivatenetError(f"attach needs a torch optimizer, got "
+                                  f"{type(optimizer).__name__}")
+        return optimizer.register_step_post_hook(lambda *_: self.adversary_step())
+
+    # modes and checkpoints ----------------------------------------------------------------
+
+    @property
+    def members(self) -> nn.ModuleList | None:
+        """The ensemble's adversaries (the known adversary first, if given); None otherwise."""
+        return None if self.ensemble is None else self.ensemble.members
+
+    def extra_repr(self) -> str:
+        return f"loss={self.loss!r}, lam={self.lam}, update={self.update!r}"
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        """The modules this regularizer trains, by name: what a training loop must checkpoint
+        with its model to resume exactly (empty for a fixed adversary, hsic and vib)."""
+        return {}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The optimizers of :meth:`trainable_modules`, by name."""
+        return {}
+
+    def _saved_modules(self) -> dict[str, nn.Module]:
+        return self.trainable_modules()
+
+    def settings(self) -> dict:
+        """Plain values of every setting that changes the result (the adversaries' weights
+        aside): loss, lam and update, and each mode's own settings."""
+        out = {"loss": self.loss, "lam": self.lam, "update": self.update, **self._settings()}
+        # As JSON reads it back (tuples become lists), so a saved copy compares equal.
+        return json.loads(json.dumps(out))
+
+    def _settings(self) -> dict:
+        return {}
+
+    # save and load -------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        """Write the adversaries' weights, their optimizer state, the ensemble's step counter
+        and the settings to ``path.safetensors`` + ``path.json`` (atomically; nothing is
+        pickled)."""
+        tensors: dict[str, torch.Tensor] = {}
+        for name, module in self._saved_modules().items():
+            tensors.update(prefixed(name, module.state_dict()))
+        meta = {"regularizer": self.settings(), "optimizer": None}
+        if self.optimizer is not None:
+            opt_tensors, meta["optimizer"] = optimizer_state("optim", self.optimizer)
+            tensors.update(opt_tensors)
+        save_checkpoint(path, tensors=tensors, meta=meta)
+
+    def load(self, path: str | Path) -> PrivacyRegularizer:
+        """Restore what :meth:`save` wrote into this regularizer (same settings and adversary
+        architectures, else a one-line error). Returns ``self``."""
+        tensors, meta = load_checkpoint(path)
+        saved = meta.get("regularizer")
+        if saved != self.settings():
+            raise PrivatenetError(f"{path} holds a regularizer with settings {saved}, not "
+                                  f"{self.settings()}; build it with those settings")
+        for name, module in self._saved_modules().items():
+            try:
+                module.load_state_dict(unprefixed(name, tensors), strict=True)
+            except RuntimeError as e:
+                raise PrivatenetError(f"{path} does not fit this regularizer's {name} "
+                                      f"({str(e).strip().splitlines()[0]})") from None
+        if self.optimizer is not None:
+            load_optimizer_state("optim", self.optimizer, tensors, meta["optimizer"])
+        return self
+
+
+def _check_num_classes(num_classes: Any) -> int:
+    if not is_int(num_classes) or num_classes < 2:
+        raise PrivatenetError(f"num_classes={num_classes!r} is invalid; give the number of "
+                              "private classes, an integer >= 2")
+    return num_classes
+
+
+class AdversaryRegularizer(PrivacyRegularizer):
+    """``confusion`` or ``adversarial`` against one adversary held fixed (the paper): the
+    regularizer's own copy, in eval mode, with no gradient and no optimizer, so neither the
+    caller's adversary nor its batch-norm statistics ever change."""
+
+    def __init__(self, adversary: nn.Module | None = None, **kwargs: Any) -> None:
+        super().__init__(adversary, **kwargs)
+        if adversary is None:
+            raise PrivatenetError(f"loss={self.loss!r} needs an adversary module (e.g. from "
+                                  "create_adversary and fit_adversary); or use loss='hsic' or "
+                                  "'ensemble'")
+        self.criterion = LOSS_MODULES[self.loss]()
+        # A copy: the caller's adversary (the known adversary trained on the original network)
+        # must stay what it is, whatever this regularizer does to its own.
+        self.adversary = copy.deepcopy(adversary)
+        self.adversary.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> AdversaryRegularizer:
+        """Set the training flag; the fixed adversary stays in eval mode whatever the mode."""
+        super().train(mode)
+        self.adversary.eval()
+        return self
+
+    def _saved_modules(self) -> dict[str, nn.Module]:
+        # A fixed adversary is saved too, so a file says what it ran against.
+        return {"adversary": self.adversary}
+
+    def _settings(self) -> dict:
+        # The adversarial loss changed from -CE to this bounded form; a run of the old form
+        # must not resume under the new one.
+        return {"form": "-log(1-p_true)"} if self.loss == "adversarial" else {}
+
+    def _term(self, features: torch.Tensor, private: torch.Tensor) -> torch.Tensor:
+        return self.criterion(self.adversary(features), private)
+
+
+class AlternatingRegularizer(AdversaryRegularizer):
+    """``confusion`` or ``adversarial`` against an adversary trained alongside (the min-max of
+    Edwards & Storkey): in training mode each call scores the encoder against the adversary as
+    it is, and :meth:`adversary_step` then takes its one Adam step on the detached features."""
+
+    def __init__(self, adversary: nn.Module | None = None, **kwargs: Any) -> None:
+        super().__init__(adversary, **kwargs)
+        self.adversary.requires_grad_(True)
+        self.optimizer = torch.optim.Adam(self.adversary.parameters(), lr=self.lr,
+                                          weight_decay=self.weight_decay)
+
+    def train(self, mode: bool = True) -> AlternatingRegularizer:
+        return nn.Module.train(self, mode)
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {"adversary": self.adversary}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"adversary": self.optimizer}
+
+    def _settings(self) -> dict:
+        return {**super()._settings(), "lr": self.lr, "weight_decay": self.weight_decay}
+
+    def _term(self, features: torch.Tensor, private: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super()._term(features, private)
+        # The encoder is scored against the adversary as it is before its step, in eval mode
+        # so that the encoder's step does not move its batch-norm statistics. The adversary's
+        # weights are copied for that graph, so its own step (in place) cannot invalidate the
+        # graph that the caller's backward() still needs.
+        state = {k: v.detach().clone() for k, v in self.adversary.state_dict().items()}
+        self.adversary.eval()
+        priv = self.criterion(functional_call(self.adversary, state, (features,)), private)
+        self._keep_for_step(features, private)
+        return priv
+
+    def _step(self, features: torch.Tensor, private: torch.Tensor) -> None:
+        self.adversary.train()
+        adv_ce = F.cross_entropy(self.adversary(features).float(), private)
+        self.optimizer.zero_grad(set_to_none=True)
+        adv_ce.backward()
+        self.optimizer.step()
+        self.last_adversary_loss = adv_ce.detach()
+
+
+class EnsembleRegularizer(PrivacyRegularizer):
+    """``ensemble``: the confusion loss (Eq. 7) averaged over several adversaries of different
+    capacity, each trained alongside the encoder and re-initialised in turn.
+
+    The encoder must make every member unsure at once instead of fooling one opponent; the
+    uniform target (the maximum-entropy adversary output of MaxEnt-ARL, Roy & Boddeti, CVPR
+    2019) cannot be "read back" like the confidently wrong output the adversarial loss aims at.
+    A single adversary trained alongside tends to be beaten while the information stays
+    recoverable by a fresh attacker (Elazar & Goldberg, EMNLP 2018); hence several capacities,
+    and every ``reinit_every`` steps one member (round-robin) is re-initialised from scratch, so
+    a fresh attacker is always in training while the others stay trained. Each training call
+    scores the encoder against the members as they are (in eval mode, on copied weights);
+    :meth:`adversary_step` then takes one Adam step of every member on the detached features.
+    The known adversary, if given, is the first member and is re-initialised in its turn like
+    the others (rebuilt from its ``config`` when it has one, else by its layers'
+    ``reset_parameters``).
+    """
+
+    OPTIONS = ("members", "reinit_every", "seed", "tap_shape", "num_classes")
+
+    def __init__(self, adversary: nn.Module | None = None, *,
+                 num_classes: int | None = None, tap_shape: Sequence[int] | None = None,
+                 members: Sequence[str | Mapping[str, Any]] | None = None,
+                 reinit_every: int | None = None, seed: int | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(adversary, num_classes=num_classes, tap_shape=tap_shape,
+                         members=members, reinit_every=reinit_every, seed=seed, **kwargs)
         known_config = getattr(adversary, "config", None)
         if not isinstance(known_config, Mapping) or "kind" not in known_config:
             known_config = None
         if num_classes is not None:
-            self._check_num_classes(num_classes)
+            _check_num_classes(num_classes)
         if tap_shape is not None and (
                 not isinstance(tap_shape, (tuple, list)) or not tap_shape
                 or not all(is_int(s) and s >= 1 for s in tap_shape)):
@@ -277,15 +480,14 @@ class PrivacyRegularizer(nn.Module):
                     list(given) if name == "tap_shape" else given) != inferred:
                 raise PrivatenetError(f"{name}={given!r} does not match the known adversary's "
                                       f"{inferred!r}; drop {name}= or pass a matching value")
-        self.num_classes = self._check_num_classes(
+        self.num_classes = _check_num_classes(
             num_classes if num_classes is not None else known_config["num_classes"])
         self.tap_shape = tuple(tap_shape if tap_shape is not None else known_config["tap_shape"])
         self.reinit_every = DEFAULT_REINIT_EVERY if reinit_every is None else reinit_every
         if not is_int(self.reinit_every) or self.reinit_every < 0:
             raise PrivatenetError(f"reinit_every={reinit_every!r} is invalid; give an integer "
                                   ">= 0 (0 never re-initialises)")
-        self.seed = 0 if seed is None else seed
-        check_seed(self.seed)
+        self.seed = check_seed(0 if seed is None else seed)
         specs = DEFAULT_ENSEMBLE if members is None else members
         if isinstance(specs, (str, Mapping)) or not isinstance(specs, Sequence):
             raise PrivatenetError(f"members={members!r} is invalid; give a list of adversary "
@@ -342,135 +544,20 @@ class PrivacyRegularizer(nn.Module):
                     layer.reset_parameters()
             return fresh
 
-    @property
-    def members(self) -> nn.ModuleList | None:
-        """The ensemble's adversaries (the known adversary first, if given); None otherwise."""
-        return None if self.ensemble is None else self.ensemble.members
-
-    # modes and checkpoints ----------------------------------------------------------------
-
-    def extra_repr(self) -> str:
-        return f"loss={self.loss!r}, lam={self.lam}, update={self.update!r}"
-
-    def train(self, mode: bool = True) -> PrivacyRegularizer:
-        """Set the training flag; a fixed adversary stays in eval mode whatever the mode."""
-        super().train(mode)
-        if self.adversary is not None and self.update == "fixed":
-            self.adversary.eval()
-        return self
-
     def trainable_modules(self) -> dict[str, nn.Module]:
-        """The modules this regularizer trains, by name: what a training loop must checkpoint
-        with its model to resume exactly (empty for a fixed adversary and for hsic). The
-        ensemble's module holds its step counter as a buffer."""
-        if self.ensemble is not None:
-            return {"ensemble": self.ensemble}
-        if self.optimizer is not None:
-            return {"adversary": self.adversary}
-        return {}
+        # The ensemble's module holds its step counter as a buffer.
+        return {"ensemble": self.ensemble}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """The optimizers of :meth:`trainable_modules`, by name."""
-        if self.optimizer is None:
-            return {}
-        return {"ensemble" if self.ensemble is not None else "adversary": self.optimizer}
+        return {"ensemble": self.optimizer}
 
-    def _saved_modules(self) -> dict[str, nn.Module]:
-        # A fixed adversary is saved too (as it always was), so a file says what it ran against.
-        if self.adversary is not None:
-            return {"adversary": self.adversary}
-        return self.trainable_modules()
+    def _settings(self) -> dict:
+        return {"lr": self.lr, "weight_decay": self.weight_decay,
+                "num_classes": self.num_classes, "tap_shape": list(self.tap_shape),
+                "known": self.known, "members": [dict(s) for s in self.member_specs],
+                "reinit_every": self.reinit_every, "seed": self.seed}
 
-    def settings(self) -> dict:
-        """Plain values of every setting that changes the result (the adversaries' weights
-        aside): loss, lam and update, and each mode's own settings."""
-        out: dict[str, Any] = {"loss": self.loss, "lam": self.lam, "update": self.update}
-        if self.loss == "adversarial":
-            # The loss changed from -CE to this bounded form; a run of the old form must not
-            # resume under the new one.
-            out["form"] = "-log(1-p_true)"
-        if self.update == "alternating" or self.loss == "ensemble":
-            out.update(lr=self.lr, weight_decay=self.weight_decay)
-        if self.loss == "hsic":
-            out.update(num_classes=self.num_classes, bandwidths=list(self.bandwidths),
-                       normalized=True)
-        if self.loss == "vib":
-            b = self._bottleneck[0]
-            out.update(channels=b.channels, shape=list(b.shape), kl="mean nats per code number")
-        if self.loss == "ensemble":
-            out.update(num_classes=self.num_classes, tap_shape=list(self.tap_shape),
-                       known=self.known, members=[dict(s) for s in self.member_specs],
-                       reinit_every=self.reinit_every, seed=self.seed)
-        # As JSON reads it back (tuples become lists), so a saved copy compares equal.
-        return json.loads(json.dumps(out))
-
-    # the privacy term -----------------------------------------------------------------------
-
-    def forward(self, task_loss: torch.Tensor, features: torch.Tensor,
-                private: torch.Tensor) -> torch.Tensor:
-        """Eq. 8: ``(1 - lam) * task_loss + lam * privacy_term(features, private)``.
-
-        ``task_loss``: a scalar; ``features``: (N, *tap_shape), still attached to the encoder's
-        graph; ``private``: (N,) int64 class indices, -1 for unknown.
-        """
-        return total_loss(task_loss, self.privacy_term(features, private), self.lam)
-
-    def privacy_term(self, features: torch.Tensor, private: torch.Tensor) -> torch.Tensor:
-        """``L_priv`` alone (a float32 scalar), for losses that combine several terms. In
-        training mode this also takes the adversaries' step (alternating, ensemble), exactly
-        as a call of the regularizer does.
-
-        ``features``: (N, *tap_shape), attached to the encoder's graph; ``private``: (N,) class
-        indices, -1 for unknown (those rows are dropped; none left gives 0).
-        """
-        if features.shape[0] != private.shape[0]:
-            raise PrivatenetError(f"{features.shape[0]} feature rows for {private.shape[0]} "
-                                  "private labels; pass one label per row (-1 if unknown)")
-        if self.loss == "vib":  # every row's code, whatever its private label
-            kl = self._bottleneck[0].last_kl
-            if kl is None:
-                raise PrivatenetError("loss='vib': the bottleneck has no KL term from this "
-                                      "forward pass; call the model with the bottleneck "
-                                      "before the regularizer")
-            self.last_privacy_loss = kl.detach().float()
-            return kl.float()
-        private = private.to(features.device)
-        known = private != MISSING  # rows with an unknown attribute get no privacy term
-        if not bool(known.all()):
-            features, private = features[known], private[known]
-        if features.shape[0] == 0:
-            priv = torch.zeros((), device=features.device)
-        elif self.loss == "hsic":
-            priv = hsic_loss(features, private, num_classes=self.num_classes,
-                             bandwidths=self.bandwidths)
-        elif self.loss == "ensemble":
-            priv = self._ensemble_term(features, private)
-        elif self.update == "alternating" and self.training:
-            priv = self._encoder_loss_then_adversary_step(features, private)
-        else:
-            priv = self.criterion(self.adversary(features), private)
-        self.last_privacy_loss = priv.detach()
-        return priv
-
-    def _encoder_loss_then_adversary_step(self, features: torch.Tensor,
-                                          private: torch.Tensor) -> torch.Tensor:
-        # The encoder is scored against the adversary as it is before its step, in eval mode so
-        # that the encoder's step does not move its batch-norm statistics. The adversary's
-        # weights are copied for that graph, so its own step below (in place) cannot invalidate
-        # the graph that the caller's backward() still needs.
-        state = {k: v.detach().clone() for k, v in self.adversary.state_dict().items()}
-        self.adversary.eval()
-        priv = self.criterion(functional_call(self.adversary, state, (features,)), private)
-        if features.shape[0] >= 2:  # batch norm cannot train on one row
-            self.adversary.train()
-            adv_ce = F.cross_entropy(self.adversary(features.detach()).float(), private)
-            self.optimizer.zero_grad(set_to_none=True)
-            adv_ce.backward()
-            self.optimizer.step()
-            self.last_adversary_loss = adv_ce.detach()
-        return priv
-
-    def _ensemble_term(self, features: torch.Tensor, private: torch.Tensor) -> torch.Tensor:
+    def _term(self, features: torch.Tensor, private: torch.Tensor) -> torch.Tensor:
         members = self.ensemble.members
         if not self.training:
             return torch.stack([confusion_loss(m(features)) for m in members]).mean()
@@ -481,18 +568,19 @@ class PrivacyRegularizer(nn.Module):
             state = {k: v.detach().clone() for k, v in m.state_dict().items()}
             m.eval()
             terms.append(confusion_loss(functional_call(m, state, (features,))))
-        priv = torch.stack(terms).mean()
-        if features.shape[0] >= 2:  # batch norm cannot train on one row
-            detached = features.detach()
-            members.train()
-            ces = torch.stack([F.cross_entropy(m(detached).float(), private) for m in members])
-            self.optimizer.zero_grad(set_to_none=True)
-            ces.sum().backward()
-            self.optimizer.step()
-            self.last_adversary_loss = ces.mean().detach()
-            self.last_member_losses = ces.detach()
-            self._count_step()
-        return priv
+        self._keep_for_step(features, private)
+        return torch.stack(terms).mean()
+
+    def _step(self, features: torch.Tensor, private: torch.Tensor) -> None:
+        members = self.ensemble.members
+        members.train()
+        ces = torch.stack([F.cross_entropy(m(features).float(), private) for m in members])
+        self.optimizer.zero_grad(set_to_none=True)
+        ces.sum().backward()
+        self.optimizer.step()
+        self.last_adversary_loss = ces.mean().detach()
+        self.last_member_losses = ces.detach()
+        self._count_step()
 
     def _count_step(self) -> None:
         calls = int(self.ensemble.calls) + 1
@@ -514,35 +602,147 @@ class PrivacyRegularizer(nn.Module):
         log.debug("ensemble: re-initialised member %d after %d steps", index,
                   event * self.reinit_every)
 
-    # save and load -------------------------------------------------------------------------
 
-    def save(self, path: str | Path) -> None:
-        """Write the adversaries' weights, their optimizer state, the ensemble's step counter
-        and the settings to ``path.safetensors`` + ``path.json`` (atomically; nothing is
-        pickled)."""
-        tensors: dict[str, torch.Tensor] = {}
-        for name, module in self._saved_modules().items():
-            tensors.update(prefixed(name, module.state_dict()))
-        meta = {"regularizer": self.settings(), "optimizer": None}
-        if self.optimizer is not None:
-            opt_tensors, meta["optimizer"] = optimizer_state("optim", self.optimizer)
-            tensors.update(opt_tensors)
-        save_checkpoint(path, tensors=tensors, meta=meta)
+class HsicRegularizer(PrivacyRegularizer):
+    """``hsic``: no adversary; the normalised HSIC between the features and the private label
+    (:func:`privatenet.losses.hsic_loss`)."""
 
-    def load(self, path: str | Path) -> PrivacyRegularizer:
-        """Restore what :meth:`save` wrote into this regularizer (same settings and adversary
-        architectures, else a one-line error). Returns ``self``."""
-        tensors, meta = load_checkpoint(path)
-        saved = meta.get("regularizer")
-        if saved != self.settings():
-            raise PrivatenetError(f"{path} holds a regularizer with settings {saved}, not "
-                                  f"{self.settings()}; build it with those settings")
-        for name, module in self._saved_modules().items():
-            try:
-                module.load_state_dict(unprefixed(name, tensors), strict=True)
-            except RuntimeError as e:
-                raise PrivatenetError(f"{path} does not fit this regularizer's {name} "
-                                      f"({str(e).strip().splitlines()[0]})") from None
-        if self.optimizer is not None:
-            load_optimizer_state("optim", self.optimizer, tensors, meta["optimizer"])
-        return self
+    OPTIONS = ("num_classes", "bandwidths")
+
+    def __init__(self, adversary: nn.Module | None = None, *, num_classes: int | None = None,
+                 bandwidths: Sequence[float] | None = None, **kwargs: Any) -> None:
+        super().__init__(adversary, num_classes=num_classes, bandwidths=bandwidths, **kwargs)
+        if adversary is not None:
+            raise PrivatenetError("loss='hsic' uses no adversary; pass None as the adversary")
+        self.num_classes = _check_num_classes(num_classes)
+        self.bandwidths = check_bandwidths(HSIC_BANDWIDTHS if bandwidths is None else bandwidths)
+
+    def _settings(self) -> dict:
+        return {"num_classes": self.num_classes, "bandwidths": list(self.bandwidths),
+                "normalized": True}
+
+    def _term(self, features: torch.Tensor, private: torch.Tensor) -> torch.Tensor:
+        return hsic_loss(features, private, num_classes=self.num_classes,
+                         bandwidths=self.bandwidths)
+
+
+class VibRegularizer(PrivacyRegularizer):
+    """``vib``: no adversary and no private label; the KL term of the noisy bottleneck at the
+    tap (:class:`privatenet.bottleneck.TapBottleneck`, given as ``bottleneck=``), computed by
+    the forward pass that produced the features, on every row."""
+
+    OPTIONS = ("bottleneck",)
+
+    def __init__(self, adversary: nn.Module | None = None, *,
+                 bottleneck: nn.Module | None = None, **kwargs: Any) -> None:
+        super().__init__(adversary, bottleneck=bottleneck, **kwargs)
+        if adversary is not None:
+            raise PrivatenetError("loss='vib' uses no adversary; pass None as the adversary")
+        if not isinstance(bottleneck, TapBottleneck):
+            raise PrivatenetError("loss='vib' needs bottleneck=<the TapBottleneck at the tap> "
+                                  "(privatenet.bottleneck_at_tap(model, ...).bottleneck)")
+        # Held in a tuple, not as a submodule: its weights are the model's, trained and saved
+        # with it, not a second copy in this regularizer.
+        self._bottleneck = (bottleneck,)
+
+    def _settings(self) -> dict:
+        b = self._bottleneck[0]
+        return {"channels": b.channels, "shape": list(b.shape), "kl": "mean nats per code number"}
+
+    def privacy_term(self, features: torch.Tensor, private: torch.Tensor) -> torch.Tensor:
+        if features.shape[0] != private.shape[0]:
+            raise PrivatenetError(f"{features.shape[0]} feature rows for {private.shape[0]} "
+                                  "private labels; pass one label per row (-1 if unknown)")
+        kl = self._bottleneck[0].last_kl
+        if kl is None:
+            raise PrivatenetError("loss='vib': the bottleneck has no KL term from this forward "
+                                  "pass; call the model with the bottleneck before the "
+                                  "regularizer")
+        self.last_privacy_loss = kl.detach().float()
+        return kl.float()
+
+
+# Which modes take each option (for the one-line error when another mode is given it).
+_OPTION_MODES = {"members": ("ensemble",), "reinit_every": ("ensemble",), "seed": ("ensemble",),
+                 "tap_shape": ("ensemble",), "num_classes": ("ensemble", "hsic"),
+                 "bandwidths": ("hsic",), "bottleneck": ("vib",)}
+
+
+def _mode_class(loss: Any, update: Any) -> type[PrivacyRegularizer]:
+    """The class of the mode ``loss`` and ``update`` name (one-line errors otherwise)."""
+    check_loss(loss)
+    check_update(update)
+    if loss in ("ensemble", "hsic", "vib") and update != "fixed":
+        raise PrivatenetError(f"update={update!r} does not apply to loss={loss!r} "
+                              "(it trains no single adversary); drop update=")
+    if loss == "ensemble":
+        return EnsembleRegularizer
+    if loss == "hsic":
+        return HsicRegularizer
+    if loss == "vib":
+        return VibRegularizer
+    return AlternatingRegularizer if update == "alternating" else AdversaryRegularizer
+
+
+class PrivateLoss:
+    """Eq. 8 attached to a user's model and optimizer (made by :func:`make_private`).
+
+    ``private_loss(task_loss, private)`` is ``regularizer(task_loss, features, private)`` with
+    the features of the tap from the model's latest forward pass (the output of the layer that
+    computes the tap, read by a forward hook), and the regularizer's adversaries step after
+    every ``optimizer.step()``. :meth:`remove` takes both hooks off.
+    """
+
+    def __init__(self, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 regularizer: PrivacyRegularizer, tap: str) -> None:
+        if not isinstance(regularizer, PrivacyRegularizer):
+            raise PrivatenetError(f"regularizer must be a PrivacyRegularizer, got "
+                                  f"{type(regularizer).__name__}")
+        layer = model.get_submodule(tap_layer(model, tap))
+        self.regularizer, self.tap = regularizer, tap
+        self._features: torch.Tensor | None = None
+        self._handles = [layer.register_forward_hook(self._capture),
+                         regularizer.attach(optimizer)]
+
+    def _capture(self, _layer: nn.Module, _inputs: object, output: object) -> None:
+        if not isinstance(output, torch.Tensor):
+            raise PrivatenetError(f"tap {self.tap!r}: its layer returns a "
+                                  f"{type(output).__name__}, not a tensor; choose a tap whose "
+                                  "layer returns one tensor")
+        self._features = output
+
+    def __call__(self, task_loss: torch.Tensor, private: torch.Tensor) -> torch.Tensor:
+        if self._features is None:
+            raise PrivatenetError(f"no forward pass of the model since the last loss: call the "
+                                  f"model on the batch first (tap {self.tap!r} is read from it)")
+        features, self._features = self._features, None
+        # A tap is its layer's output or the same values flattened (models/taps.py): flatten
+        # where the adversaries read vectors.
+        reg = self.regularizer
+        shape = getattr(reg, "tap_shape", None) or getattr(reg.adversary, "tap_shape", None)
+        if shape is not None and len(shape) == 1 and features.dim() > 2:
+            features = features.flatten(1)
+        return reg(task_loss, features, private)
+
+    def remove(self) -> None:
+        """Take the forward hook and the optimizer hook off."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def make_private(*, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 regularizer: PrivacyRegularizer, tap: str) -> PrivateLoss:
+    """Attach ``regularizer`` to a training loop in one call, the loop otherwise unchanged::
+
+        private_loss = pn.make_private(model=net, optimizer=opt, regularizer=reg, tap="backbone")
+        for x, y, s in batches:
+            loss = private_loss(F.cross_entropy(net(x), y), s)   # the one changed line
+            opt.zero_grad(); loss.backward(); opt.step()          # adversaries step after it
+
+    ``model``: any model whose taps name their layers (every registry model, and
+    :func:`privatenet.with_taps` models); ``tap``: the tap the privacy term acts on;
+    ``optimizer``: the model's, after whose every step the regularizer's adversaries take theirs
+    (:meth:`PrivacyRegularizer.attach`). Returns the :class:`PrivateLoss`.
+    """
+    return PrivateLoss(model=model, optimizer=optimizer, regularizer=regularizer, tap=tap)

@@ -387,6 +387,8 @@ def fit(*, model: nn.Module, train: Split, target: str, config: TrainConfig | No
                 priv = torch.stack([reg.privacy_term(taps[t], s_all[attr][idx_dev])
                                     for reg, t, attr in terms]).mean()
                 loss = total_loss(ce, priv, terms[0][0].lam)
+            for reg, _, _ in terms:  # the adversaries' own step, on this batch's features
+                reg.adversary_step()
         optimizers["model"].zero_grad(set_to_none=True)
         loss.backward()
         optimizers["model"].step()
