@@ -24,6 +24,11 @@ def test_smoke_reproduce_on_a_grayscale_string_label_manifest(tmp_path, make_man
     assert all(st["cached"] for st in after["stages"]) and after["to_run"] == 0
     assert {st["folder"] for st in after["stages"]} == {
         st["folder"] for st in results["stages"]} == {st["folder"] for st in before["stages"]}
+    # the plan is the run: the same stages in the same order, each once (the sweep's lambda =
+    # 0 point is Table 2's control row, not a second stage)
+    folders = [st["folder"] for st in results["stages"]]
+    assert folders == [st["folder"] for st in before["stages"]] and len(set(folders)) == len(
+        folders)
     passes = {st["stage"]: (st["train_passes"], st["forward_passes"])
               for st in before["stages"]}
     # a quarter of every stratum of the train rows went to the attacker before any training

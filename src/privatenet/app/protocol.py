@@ -268,83 +268,86 @@ def _digest(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-class _Planned(dict):
-    """The result of a stage that a dry run does not run: every item of it, and every number
-    computed from it, is another ``_Planned``, so the code that assembles the tables runs
-    through (and so names every stage and key exactly as a real run would) without figures."""
+@dataclass
+class Stage:
+    """One step of a run: ``job(folder)`` into ``folder``, named by ``name`` and ``digest``
+    (of the stage's key: everything that changes its result, including the digests of the
+    stages it starts from), with its image passes (training, forward-only) for the dry run's
+    projection."""
 
-    def __missing__(self, key):
-        return _Planned()
-
-    def __contains__(self, key) -> bool:
-        return False
-
-    def get(self, key, default=None):
-        return default
-
-    def __iter__(self):
-        return iter(())
-
-    def _same(self, *args):
-        return self
-
-    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _same
-    __truediv__ = __rtruediv__ = _same
+    name: str
+    digest: str
+    folder: Path
+    job: Callable[[Path], dict]
+    passes: tuple[int, int] = (0, 0)
 
 
-class _Stages:
-    """Runs stages in hashed folders, remembering which ran and which were cached. A dry run
-    (``dry=True``) runs none: it logs every stage with the image passes it needs."""
+class _Plan:
+    """The stages of a run, in the order a run meets them, each once (a stage met again, such
+    as a sweep point that is a Table 2 network, is the same folder and the same stage)."""
 
-    def __init__(self, out: Path, on_stage: Callable[[str, bool], None] | None,
-                 dry: bool = False) -> None:
-        self.out, self.on_stage, self.log, self.dry = out, on_stage, [], dry
+    def __init__(self, out: Path) -> None:
+        self.out, self.stages = out, {}
 
-    def run(self, name: str, key: dict, job: Callable[[Path], dict],
-            passes: tuple[int, int] = (0, 0)) -> tuple[dict, Path, str]:
-        """``passes``: the stage's (training, forward-only) image passes (a dry run lists them;
-        under torchrun a stage with training passes runs in every process, the others in rank
-        0 alone while the rest wait for its result)."""
+    def add(self, name: str, key: dict, job: Callable[[Path], dict],
+            passes: tuple[int, int] = (0, 0)) -> Stage:
         digest = _digest(key)
         folder = self.out / "stages" / f"{name}-{digest}"
-        # Rank 0's view, so that every process takes the same branch (and the same collectives).
-        cached = distributed.from_main((folder / "results.json").exists())
-        if self.dry:
-            self.log.append({"stage": name, "folder": str(folder.relative_to(self.out)),
-                             "cached": cached, "train_passes": passes[0],
-                             "forward_passes": passes[1]})
-            return _Planned(), folder, digest
-        if self.on_stage:
-            self.on_stage(name, cached)
+        return self.stages.setdefault(folder, Stage(name, digest, folder, job, passes))
+
+    def cached(self, stage: Stage) -> bool:
+        return (stage.folder / "results.json").exists()
+
+
+def _run_plan(plan: _Plan, on_stage: Callable[[str, bool], None] | None
+              ) -> tuple[dict[Path, dict], list[dict]]:
+    """Run (or read back) every stage of ``plan`` in order: the results by folder, and the log
+    (name, folder, cached, seconds) for ``results.json``.
+
+    Under torchrun a stage with training passes runs in every process (``fit`` shards the
+    batches); the others run in rank 0 alone while the rest wait and read what it wrote, and
+    every process takes the branch rank 0 sees.
+    """
+    results, log_ = {}, []
+    for stage in plan.stages.values():
+        folder, name = stage.folder, stage.name
+        cached = distributed.from_main(plan.cached(stage))
+        if on_stage:
+            on_stage(name, cached)
+        entry = {"stage": name, "folder": str(folder.relative_to(plan.out)), "cached": cached}
         if cached:
             try:
-                result = read_json(folder / "results.json")
+                results[folder] = read_json(folder / "results.json")
             except PrivatenetError as e:
                 raise PrivatenetError(f"{e}; delete the stage folder {folder} and run the same "
                                       "command again to recompute that stage") from None
         else:
             start = time.perf_counter()
-            if passes[0] or distributed.world()[1] == 1:
-                result = job(folder)
-            else:  # under torchrun: rank 0 alone, the others wait and read what it wrote
-                error, failure = None, None
-                if distributed.is_main():
-                    try:
-                        result = job(folder)
-                    except PrivatenetError as e:
-                        error = str(e)
-                    except Exception as e:  # a crash: the others must not wait for ever
-                        error, failure = f"rank 0 stopped in stage {name}: {e}", e
-                if failure is not None:
-                    distributed.from_main(error)  # the others raise it; rank 0 its own
-                    raise failure
-                distributed.agree(error)
-                if not distributed.is_main():
-                    result = read_json(folder / "results.json")
-            seconds = round(time.perf_counter() - start, 2)
-        self.log.append({"stage": name, "folder": str(folder.relative_to(self.out)),
-                         "cached": cached} | ({} if cached else {"seconds": seconds}))
-        return result, folder, digest
+            if stage.passes[0] or distributed.world()[1] == 1:
+                results[folder] = stage.job(folder)
+            else:
+                results[folder] = _on_rank_zero(stage)
+            entry["seconds"] = round(time.perf_counter() - start, 2)
+        log_.append(entry)
+    return results, log_
+
+
+def _on_rank_zero(stage: Stage) -> dict:
+    """``stage`` run by rank 0 alone; the other processes wait and read its results (a failure
+    on rank 0 is raised in every process, so none waits for ever)."""
+    error, failure, result = None, None, None
+    if distributed.is_main():
+        try:
+            result = stage.job(stage.folder)
+        except PrivatenetError as e:
+            error = str(e)
+        except Exception as e:  # a crash: the others must not wait for ever
+            error, failure = f"rank 0 stopped in stage {stage.name}: {e}", e
+    if failure is not None:
+        distributed.from_main(error)  # the others raise it; rank 0 its own
+        raise failure
+    distributed.agree(error)
+    return result if distributed.is_main() else read_json(stage.folder / "results.json")
 
 
 def _report_row(r: dict) -> dict:
@@ -456,11 +459,6 @@ def plan(*, config: ProtocolConfig, out: str | Path, measure_steps: int = 3) -> 
                     steps=measure_steps, warmup=1, latency_iters=1, variants=[variant],
                     compile=config.train.compile)
     ips = speed["variants"][0]["train_images_per_s"]
-    # A stage met again (the sweep reuses Table 2's networks) is cached by then: list it once.
-    unique: dict[str, dict] = {}
-    for st in found["stages"]:
-        unique.setdefault(st["folder"], st)
-    found["stages"] = list(unique.values())
     for st in found["stages"]:
         st["projected_seconds"] = (st["train_passes"]
                                    + st["forward_passes"] * FORWARD_SHARE) / ips
@@ -480,12 +478,11 @@ def plan(*, config: ProtocolConfig, out: str | Path, measure_steps: int = 3) -> 
 def _reproduce(config: ProtocolConfig, out: Path, ready: _Ready,
                on_stage: Callable[[str, bool], None] | None,
                cb: Callable[[str], Callbacks | None], dry: bool = False) -> dict:
+    """Plan every stage of the run, then (unless ``dry``) run them and assemble the tables
+    from their results. A dry run returns the plan: each stage's name, folder, whether it is
+    cached, and its image passes."""
     data, size, taps = ready.data, ready.size, ready.taps
-    sweep_tap, sweep_attr = ready.sweep_tap, ready.sweep_attr
-    writes = not dry and distributed.is_main()  # under torchrun, rank 0 writes
-    if writes:
-        write_yaml(out / "config.yaml", config.to_dict())
-    stages = _Stages(out, on_stage, dry)
+    plan = _Plan(out)
     # The data's content is part of every stage's key: replaced images or labels under the same
     # spec recompute the stages instead of reusing numbers from other data. So is the starting
     # backbone's content (the from-scratch stages; every other stage keys on their hashes).
@@ -493,51 +490,138 @@ def _reproduce(config: ProtocolConfig, out: Path, ready: _Ready,
             "model": config.model, "backbone_weights": None if config.backbone_weights is None
             else file_digest(config.backbone_weights)}
     seeds = [config.train.seed + i for i in range(config.seeds)]
-    runs = [_one_seed(config, replace(config.train, seed=seed), data, taps, sweep_tap,
-                      sweep_attr, base, stages, cb) for seed in seeds]
-    results = dict(runs[0])
-    if len(runs) > 1 and not dry:
-        results["table1"], results["table2"], results["lambda_sweep"] = (
-            _over_seeds([r[key] for r in runs]) for key in ("table1", "table2", "lambda_sweep"))
-        results["utility"]["over_seeds"] = _stats(
-            [r["utility"]["original"]["accuracy"] for r in runs])
+    seed_plans = [_plan_seed(config, replace(config.train, seed=seed), data, taps,
+                             ready.sweep_tap, ready.sweep_attr, base, plan, cb)
+                  for seed in seeds]
     # Table 3 (the first seed's networks) -------------------------------------------------
     device = resolve_device(config.train.device)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     latency = []
-    for name, folder in runs[0]["networks"]:
-        key = {"network": folder.name, "device": str(device), "device_name": device_name,
+    for name, stage in seed_plans[0].networks():
+        key = {"network": stage.folder.name, "device": str(device), "device_name": device_name,
                "precision": config.latency_precision, "repeats": config.latency_repeats}
-        res, _, _ = stages.run("latency-" + name.replace("/", "-"), key,
-                               lambda d, f=folder: _latency_stage(d, f, size, config),
-                               (0, config.latency_repeats + 5))
-        latency.append({"network": name, **res})
+        latency.append((name, plan.add("latency-" + name.replace("/", "-"), key,
+                                       lambda d, f=stage.folder: _latency_stage(d, f, size,
+                                                                                config),
+                                       (0, config.latency_repeats + 5))))
     if dry:
-        return {"stages": stages.log, "image_size": size}
-    results.pop("networks")
+        return {"stages": [{"stage": st.name, "folder": str(st.folder.relative_to(out)),
+                            "cached": plan.cached(st), "train_passes": st.passes[0],
+                            "forward_passes": st.passes[1]} for st in plan.stages.values()],
+                "image_size": size}
+    writes = distributed.is_main()  # under torchrun, rank 0 writes
+    if writes:
+        write_yaml(out / "config.yaml", config.to_dict())
+    done, stage_log = _run_plan(plan, on_stage)
+    runs = [sp.tables(done) for sp in seed_plans]
+    results = dict(runs[0])
+    if len(runs) > 1:
+        results["table1"], results["table2"], results["lambda_sweep"] = (
+            _over_seeds([r[key] for r in runs]) for key in ("table1", "table2", "lambda_sweep"))
+        results["utility"]["over_seeds"] = _stats(
+            [r["utility"]["original"]["accuracy"] for r in runs])
     results.update({
-        "config": config.to_dict() | {"taps": taps, "sweep_tap": sweep_tap,
-                                      "sweep_attribute": sweep_attr, "seed_list": seeds},
+        "config": config.to_dict() | {"taps": taps, "sweep_tap": ready.sweep_tap,
+                                      "sweep_attribute": ready.sweep_attr, "seed_list": seeds},
         "classes": {c: data.classes[c] for c in [config.target, *config.private]},
         "rows": {name: len(split) for name, split in data.splits.items()},
-        "latency_ms": latency, "stages": stages.log})
+        "latency_ms": [{"network": name, **done[st.folder]} for name, st in latency],
+        "stages": stage_log})
     if writes:
         write_json(out / "results.json", results)
         write_report(results, out)
     return results
 
 
-def _one_seed(config: ProtocolConfig, task_cfg: TrainConfig, data, taps: list[str],
-              sweep_tap: str, sweep_attr: str, base: dict, stages: _Stages,
-              cb: Callable[[str], Callbacks | None]) -> dict:
-    """Every network and adversary of Tables 1 and 2 and the sweep for one seed."""
+@dataclass
+class _Row:
+    """The stages of one Table 2 (or sweep) row: the network (``net``; for lambda = 0 the
+    control), the known adversary on the original network (``known``) and, for the control,
+    its score on the control's features (``known_now``), the unknown adversary retrained on
+    the network's features (``unknown``) and the audit (``audit``, None without one)."""
+
+    loss: str
+    tap: str
+    attr: str
+    lam: float
+    update: str | None
+    net: Stage
+    known: Stage
+    known_now: Stage | None
+    unknown: Stage
+    audit: Stage | None
+
+    def table(self, done: dict[Path, dict]) -> dict:
+        net, k_res, unknown = (done[s.folder] for s in (self.net, self.known, self.unknown))
+        k_now = done[self.known_now.folder] if self.known_now else net["known"]
+        return {"attribute": self.attr, "tap": self.tap, "loss": self.loss, "lam": self.lam,
+                "update": self.update, "utility": _report_row(net["utility"]),
+                "known": _report_row(k_now), "unknown": _report_row(unknown),
+                "co_trained": _report_row(net["co_trained"]) if "co_trained" in net else None,
+                "audit": _audit_row(done, self.audit),
+                "robustness_known": robustness(k_now["accuracy"], k_res["accuracy"]),
+                "robustness_unknown": robustness(unknown["accuracy"], k_res["accuracy"]),
+                "train_seconds": sum(h["seconds"] for h in net["history"]),
+                "network": str(self.net.folder)}
+
+
+def _audit_row(done: dict[Path, dict], stage: Stage | None) -> dict | None:
+    """The audit's worst case (with its compression when measured), or None without one."""
+    if stage is None:
+        return None
+    res = done[stage.folder]
+    mdl = res.get("mdl")
+    return res["worst"] | ({"compression": mdl["compression"]} if mdl else {})
+
+
+@dataclass
+class _SeedPlan:
+    """The stages of one seed and how its tables are read off their results."""
+
+    original: Stage
+    table1: list[tuple[str, str, Stage, Stage | None]]  # (attribute, source, stage, audit)
+    control: Stage
+    table2: list[_Row]
+    sweep: list[_Row]
+
+    def networks(self) -> list[tuple[str, Stage]]:
+        """Table 3's networks: the original, the control and every Table 2 defence."""
+        return [("original", self.original), ("finetune", self.control)] + [
+            (f"{r.loss}/{r.tap}/{r.attr}", r.net) for r in self.table2 if r.loss != "none"]
+
+    def tables(self, done: dict[Path, dict]) -> dict:
+        original = done[self.original.folder]
+        table1 = []
+        for attr, source, stage, audit in self.table1:
+            res = done[stage.folder]
+            if source == "image":
+                table1.append({"attribute": attr, "source": "image",
+                               **_report_row(res["utility"])})
+            else:
+                table1.append({"attribute": attr, "source": source, "head": res["head"],
+                               "audit": _audit_row(done, audit), **_report_row(res)})
+        sweep = []
+        for r in (row.table(done) for row in self.sweep):
+            sweep.append({"lam": r["lam"], "utility": r["utility"]["accuracy"],
+                          "known": r["known"]["accuracy"], "unknown": r["unknown"]["accuracy"],
+                          "utility_report": r["utility"], "known_report": r["known"],
+                          "unknown_report": r["unknown"], "audit": r["audit"]})
+        return {"utility": {"original": {k: original["utility"][k]
+                                         for k in ("accuracy", "balanced_accuracy")},
+                            "original_report": _report_row(original["utility"])},
+                "table1": table1, "table2": [row.table(done) for row in self.table2],
+                "lambda_sweep": sweep}
+
+
+def _plan_seed(config: ProtocolConfig, task_cfg: TrainConfig, data, taps: list[str],
+               sweep_tap: str, sweep_attr: str, base: dict, plan: _Plan,
+               cb: Callable[[str], Callbacks | None]) -> _SeedPlan:
+    """Every network and adversary of Tables 1 and 2 and the sweep for one seed, as stages of
+    ``plan`` (each keyed on the digests of the stages it starts from)."""
     adv_cfg = replace(task_cfg, epochs=config.adversary_epochs)
     priv_cfg = replace(task_cfg, epochs=config.privacy_epochs)
     tag = "" if task_cfg.seed == config.train.seed else f"-seed{task_cfg.seed}"
     weights = {"backbone_weights": config.backbone_weights} if config.backbone_weights else {}
-
-    # Original network (utility) ---------------------------------------------------------
-    orig_key = {**base, "target": config.target, "train": task_cfg.key()}
     rows = {c: {s: int((data.splits[s].labels[c] != MISSING).sum()) for s in ("train", "test")}
             for c in [config.target, *config.private]}  # rows with a known label, per split
 
@@ -548,72 +632,68 @@ def _one_seed(config: ProtocolConfig, task_cfg: TrainConfig, data, taps: list[st
     def extracted(col: str) -> tuple[int, int]:
         return 0, rows[col]["train"] + rows[col]["test"]
 
-    original, orig_dir, orig_hash = stages.run("original" + tag, orig_key, lambda d: train_job(
+    # Original network (utility) ---------------------------------------------------------
+    original = plan.add("original" + tag, {**base, "target": config.target,
+                                           "train": task_cfg.key()}, lambda d: train_job(
         data=data, out=d, model=config.model, target=config.target, config=task_cfg,
         model_kwargs=weights, resume=True, callbacks=cb("original")),
         trained(config.target, task_cfg.epochs))
 
-    def attack(name: str, net_dir: Path, net_hash: str, tap: str, attr: str) -> dict:
+    def attack(name: str, net: Stage, tap: str, attr: str) -> Stage:
         head = default_adversary(config.model, tap)
-        key = {"network": net_hash, "tap": tap, "attribute": attr, "head": head,
+        key = {"network": net.digest, "tap": tap, "attribute": attr, "head": head,
                "train": adv_cfg.key()}
-        return stages.run(f"attack-{name}{tag}", key, lambda d: attack_job(
-            data=data, model_run=net_dir, tap=tap, attribute=attr, head=head, config=adv_cfg,
+        return plan.add(f"attack-{name}{tag}", key, lambda d: attack_job(
+            data=data, model_run=net.folder, tap=tap, attribute=attr, head=head, config=adv_cfg,
             out=d, resume=True, callbacks=cb(f"attack {name}")), extracted(attr))
 
-    def audit(name: str, net_dir: Path, net_hash: str, tap: str, attr: str) -> dict | None:
+    def audit(name: str, net: Stage, tap: str, attr: str) -> Stage | None:
         if config.audit_zoo == "none":
             return None
-        key = {"network": net_hash, "tap": tap, "attribute": attr, "zoo": config.audit_zoo,
+        key = {"network": net.digest, "tap": tap, "attribute": attr, "zoo": config.audit_zoo,
                "seed": task_cfg.seed, "mdl": config.audit_mdl, "protocol": AUDIT_PROTOCOL}
-        res, _, _ = stages.run(f"audit-{name}{tag}", key, lambda d: audit_job(
-            data=data, model_run=net_dir, tap=tap, attribute=attr, config=task_cfg, out=d,
+        return plan.add(f"audit-{name}{tag}", key, lambda d: audit_job(
+            data=data, model_run=net.folder, tap=tap, attribute=attr, config=task_cfg, out=d,
             zoo=config.audit_zoo, controls=False, mdl=config.audit_mdl), extracted(attr))
-        mdl = res.get("mdl")
-        return res["worst"] | ({"compression": mdl["compression"]} if mdl else {})
 
     # Table 1 ----------------------------------------------------------------------------
     table1, known = [], {}
     for attr in config.private:
         key = {**base, "target": attr, "train": task_cfg.key()}
-        res, _, _ = stages.run(f"image-{attr}{tag}", key, lambda d, a=attr: train_job(
+        image = plan.add(f"image-{attr}{tag}", key, lambda d, a=attr: train_job(
             data=data, out=d, model=config.model, target=a, config=task_cfg,
             model_kwargs=weights, resume=True, callbacks=cb(f"image-{a}")),
             trained(attr, task_cfg.epochs))
-        table1.append({"attribute": attr, "source": "image", **_report_row(res["utility"])})
+        table1.append((attr, "image", image, None))
         for tap in taps:
             name = f"original-{tap}-{attr}"
-            known[tap, attr] = attack(name, orig_dir, orig_hash, tap, attr)
-            res = known[tap, attr][0]
-            table1.append({"attribute": attr, "source": tap, "head": res["head"],
-                           "audit": audit(name, orig_dir, orig_hash, tap, attr),
-                           **_report_row(res)})
+            known[tap, attr] = attack(name, original, tap, attr)
+            table1.append((attr, tap, known[tap, attr], audit(name, original, tap, attr)))
 
     # The lambda = 0 control: fine-tuned exactly like the privacy networks, no privacy term --
-    key = {"original": orig_hash, "init": config.init, "train": priv_cfg.key()}
-    init = orig_dir if config.init == "original" else None
-    control_net, control_dir, control_hash = stages.run("finetune" + tag, key, lambda d: train_job(
+    init = original.folder if config.init == "original" else None
+    control = plan.add("finetune" + tag, {"original": original.digest, "init": config.init,
+                                          "train": priv_cfg.key()}, lambda d: train_job(
         data=data, out=d, model=config.model, target=config.target, config=priv_cfg,
         init_from=init, model_kwargs={} if init else weights, resume=True,
         callbacks=cb("finetune (lambda = 0 control)")), trained(config.target, priv_cfg.epochs))
 
-    def row(loss: str, tap: str, attr: str, lam: float) -> dict:
+    def row(loss: str, tap: str, attr: str, lam: float) -> _Row:
         """One network's Table 2 row: utility, the known adversary K, the unknown adversary U
         retrained on its features, the co-trained adversary, the audit's worst case."""
-        k_res, k_dir, k_hash = known[tap, attr]
+        k = known[tap, attr]
         if lam == 0.0:  # no privacy term: the control network, whatever the loss
-            name, net, net_dir, net_hash, update = (f"finetune-{tap}-{attr}", control_net,
-                                                    control_dir, control_hash, None)
-            key = {"network": net_hash, "known": k_hash}
-            k_now, _, _ = stages.run(f"known-{name}{tag}", key,
-                                     lambda d: known_job(data=data, model_run=control_dir,
-                                                         adversary_run=k_dir, config=task_cfg,
-                                                         out=d), (0, rows[attr]["test"]))
+            name, net, update = f"finetune-{tap}-{attr}", control, None
+            known_now = plan.add(f"known-{name}{tag}", {"network": control.digest,
+                                                         "known": k.digest},
+                                 lambda d: known_job(data=data, model_run=control.folder,
+                                                     adversary_run=k.folder, config=task_cfg,
+                                                     out=d), (0, rows[attr]["test"]))
         else:
             update = config.adversarial_update if loss == "adversarial" else None
             privacy = {"loss": loss, "tap": tap, "private": attr, "lam": lam,
-                       "update": update or "fixed", "adversary": str(k_dir)}
-            key = {"original": orig_hash, "known": k_hash, "loss": loss, "lam": lam,
+                       "update": update or "fixed", "adversary": str(k.folder)}
+            key = {"original": original.digest, "known": k.digest, "loss": loss, "lam": lam,
                    "update": update, "init": config.init, "train": priv_cfg.key()}
             if loss == "adversarial":  # the bounded form replaced minus the cross-entropy
                 key["form"] = "-log(1-p_true)"
@@ -624,42 +704,22 @@ def _one_seed(config: ProtocolConfig, task_cfg: TrainConfig, data, taps: list[st
             if loss in BOTTLENECKED:
                 privacy["channels"] = key["channels"] = config.vib_channels
             name = f"private-{loss}-{tap}-{attr}-lam{lam:g}"
-            net, net_dir, net_hash = stages.run(name + tag, key, lambda d: train_job(
+            net = plan.add(name + tag, key, lambda d: train_job(
                 data=data, out=d, model=config.model, target=config.target, config=priv_cfg,
                 init_from=init, model_kwargs={} if init else weights, privacy=privacy,
                 resume=True, callbacks=cb(name)),
                 trained(config.target, priv_cfg.epochs, rows[attr]["test"]
                         + (rows[attr]["train"] if loss in ERASING else 0)))
-            k_now = net["known"]
-        unknown = attack(name, net_dir, net_hash, tap, attr)[0]
-        return {"attribute": attr, "tap": tap, "loss": loss, "lam": lam, "update": update,
-                "utility": _report_row(net["utility"]), "known": _report_row(k_now),
-                "unknown": _report_row(unknown),
-                "co_trained": _report_row(net["co_trained"]) if "co_trained" in net else None,
-                "audit": audit(name, net_dir, net_hash, tap, attr),
-                "robustness_known": robustness(k_now["accuracy"], k_res["accuracy"]),
-                "robustness_unknown": robustness(unknown["accuracy"], k_res["accuracy"]),
-                "train_seconds": sum(h["seconds"] for h in net["history"]),
-                "network": str(net_dir)}
+            known_now = None  # the privacy job scores the known adversary itself
+        return _Row(loss, tap, attr, lam, update, net, k, known_now,
+                    attack(name, net, tap, attr), audit(name, net, tap, attr))
 
-    # Table 2: the control first, then every defence --------------------------------------
+    # Table 2: the control first, then every defence; then the sweep -----------------------
     table2 = [row("none", tap, attr, 0.0) for tap in taps for attr in config.private]
     table2 += [row(loss, tap, attr, config.lam)
                for loss in config.losses for tap in taps for attr in config.private]
-    sweep = []
-    for lam in config.lambdas:
-        r = row(config.sweep_loss, sweep_tap, sweep_attr, lam)
-        sweep.append({"lam": lam, "utility": r["utility"]["accuracy"],
-                      "known": r["known"]["accuracy"], "unknown": r["unknown"]["accuracy"],
-                      "utility_report": r["utility"], "known_report": r["known"],
-                      "unknown_report": r["unknown"], "audit": r["audit"]})
-    networks = [("original", orig_dir), ("finetune", control_dir)] + [
-        (f"{r['loss']}/{r['tap']}/{r['attribute']}", Path(r["network"]))
-        for r in table2 if r["loss"] != "none"]
-    return {"utility": {"original": {k: original["utility"][k]
-                                     for k in ("accuracy", "balanced_accuracy")},
-                        "original_report": _report_row(original["utility"])},
-            "table1": table1, "table2": table2, "lambda_sweep": sweep, "networks": networks}
+    sweep = [row(config.sweep_loss, sweep_tap, sweep_attr, lam) for lam in config.lambdas]
+    return _SeedPlan(original, table1, control, table2, sweep)
 
 
 def _stats(values: list[float]) -> dict:
