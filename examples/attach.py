@@ -8,7 +8,6 @@ adversary, trained alongside (the min-max of Edwards & Storkey), takes its own s
 faces.csv as in ``own_loop.py`` (``path,split,<label columns>``).
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -19,18 +18,11 @@ import torchvision
 import privatenet as pn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from own_loop import load_csv  # noqa: E402  (the same CSV reader)
+from own_loop import load_csv, parse_args, print_report  # noqa: E402  (shared)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser()
-    p.add_argument("csv")
-    p.add_argument("--task", default="emotion")
-    p.add_argument("--private", default="gender")
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--lam", type=float, default=0.5)
-    a = p.parse_args(argv)
+    a = parse_args(argv)
     torch.manual_seed(0)
     (x, y, s), (xt, yt, st), names = load_csv(a.csv, a.task, a.private, a.size)
     net = torchvision.models.mobilenet_v3_small(num_classes=len(names[a.task]))
@@ -57,9 +49,7 @@ def main(argv=None):
                   "adversary trained alongside": pn.leakage(
                       reg.adversary.eval()(taps["features"]), st,
                       num_classes=len(names[a.private]))}
-    for name, r in report.items():
-        print(f"{name:28s} accuracy {r['accuracy']:.3f}  majority {r['majority']:.3f}"
-              f"  normalised {r['normalized_leakage']:+.3f}")
+    print_report(report)
     return report
 
 

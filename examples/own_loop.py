@@ -34,7 +34,7 @@ def load_csv(path, task, private, size):
     return split("train"), split("test"), names
 
 
-def main(argv=None):
+def parse_args(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("csv")
     p.add_argument("--task", default="emotion")
@@ -42,7 +42,11 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--lam", type=float, default=0.5)
-    a = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    a = parse_args(argv)
     torch.manual_seed(0)
     (x, y, s), (xt, yt, st), names = load_csv(a.csv, a.task, a.private, a.size)
     net = torchvision.models.mobilenet_v3_small(num_classes=len(names[a.task]))
@@ -83,10 +87,14 @@ def main(argv=None):
     with torch.no_grad():
         report["unknown adversary"] = pn.leakage(unknown.eval()(test_feats), st,
                                                  num_classes=len(names[a.private]))
-    for name, r in report.items():
-        print(f"{name:18s} accuracy {r['accuracy']:.3f}  balanced {r['balanced_accuracy']:.3f}"
-              f"  majority {r['majority']:.3f}  normalised {r['normalized_leakage']:+.3f}")
+    print_report(report)
     return report
+
+
+def print_report(report):
+    for name, r in report.items():
+        print(f"{name:28s} accuracy {r['accuracy']:.3f}  balanced {r['balanced_accuracy']:.3f}"
+              f"  majority {r['majority']:.3f}  normalised {r['normalized_leakage']:+.3f}")
 
 
 if __name__ == "__main__":
