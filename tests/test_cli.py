@@ -232,3 +232,15 @@ def test_the_old_spellings_of_renamed_options_still_parse_the_same(new, old):
 
     parser = build_parser()
     assert vars(parser.parse_args(new)) == vars(parser.parse_args(old))
+
+
+def test_reproduce_takes_its_data_from_a_preset_that_names_it(tmp_path, capsys, monkeypatch):
+    seen = []
+    monkeypatch.setattr("privatenet.cli._print_plan", lambda config, out: seen.append(config)
+                        or 0)
+    assert main(["reproduce", "--preset", "demo", "--dry-run", "--out", str(tmp_path / "r")]) == 0
+    assert str(seen[0].data).startswith("synthfaces:n=3000")
+    for argv in (["--preset", "paper"], []):  # the paper's data is the user's to give
+        assert main(["reproduce", *argv, "--dry-run", "--out", str(tmp_path / "r")]) == 2
+        err = capsys.readouterr().err
+        assert "reproduce needs --data" in err and len(err.strip().splitlines()) == 1

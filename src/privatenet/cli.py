@@ -26,7 +26,7 @@ from privatenet.app.jobs import (
     train_job,
 )
 from privatenet.app.latency import LATENCY_PRECISIONS
-from privatenet.app.protocol import FORWARD_SHARE, plan, reproduce, resolve_config
+from privatenet.app.protocol import FORWARD_SHARE, PRESETS, plan, reproduce, resolve_config
 from privatenet.app.report import advice_markdown, audit_markdown, tables_markdown
 from privatenet.app.video_job import video_job
 from privatenet.auditing import check_audit_settings
@@ -279,7 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "synthfaces; smoke: a seconds-long plumbing check. Options below "
                         "override the preset")
     g = p.add_argument_group("what to reproduce")
-    g.add_argument("--data", required=True, help="dataset spec (rafdb:PATH for the paper)")
+    g.add_argument("--data", default=None,
+                   help="dataset spec (rafdb:PATH for the paper); required unless the preset "
+                        "names its data (demo)")
     g.add_argument("--image-size", type=int, default=None, help="decode size (paper: 224)")
     g.add_argument("--cache-dir", default=None, help="keep decoded images here between runs")
     g.add_argument("--target", default=None, help="task column (default emotion)")
@@ -833,6 +835,9 @@ def _run_protocol(config, out: str) -> int:
 
 
 def cmd_reproduce(args) -> int:
+    if args.data is None and "data" not in PRESETS.get(args.preset, {}):
+        raise PrivatenetError("reproduce needs --data (rafdb:PATH for the paper's numbers, or "
+                              "any dataset spec); only --preset demo names its own data")
     overrides = {
         "data": args.data, "image_size": args.image_size, "cache_dir": args.cache_dir,
         "target": args.target, "private": _split_list(args.private), "model": args.model,
