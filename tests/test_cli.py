@@ -244,3 +244,29 @@ def test_reproduce_takes_its_data_from_a_preset_that_names_it(tmp_path, capsys, 
         assert main(["reproduce", *argv, "--dry-run", "--out", str(tmp_path / "r")]) == 2
         err = capsys.readouterr().err
         assert "reproduce needs --data" in err and len(err.strip().splitlines()) == 1
+
+
+def test_training_options_are_made_from_the_train_config_declaration():
+    from dataclasses import fields
+
+    from privatenet.cli import OPTIM, SPEED, _options, _subparsers, build_parser
+    from privatenet.train.config import TrainConfig
+
+    commands = _subparsers(build_parser())
+    declared = {f.name: f for f in fields(TrainConfig)}
+    train, attack = _options(commands["train"]), _options(commands["attack"])
+    for name in OPTIM + SPEED:
+        dest = f"no_{name}" if declared[name].default is True else name
+        help = declared[name].metadata["help"].replace("%", "%%")
+        assert help in train[dest].help and help in attack.get(dest, train[dest]).help
+        assert train[dest].choices == declared[name].metadata.get("choices")
+    assert train["epochs"].default == TrainConfig.epochs == 10
+    assert attack["batch_size"].default == 128 != TrainConfig.batch_size  # its own default
+    assert train["precision"].default is None  # unset: the library's auto
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--no-augment",
+                                      "--lr", "0.01", "--precision", "fp32"])
+    from privatenet.cli import _train_config
+
+    config = _train_config(args)
+    assert (config.augment, config.lr, config.precision, config.batch_size) == (
+        False, 0.01, "fp32", 64)

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from privatenet.app.advisor import check_tolerance, split_advice_job
@@ -36,14 +37,14 @@ from privatenet.data import load_dataset
 from privatenet.data.base import carve_attacker_split
 from privatenet.data.cache import check_cache_dir
 from privatenet.errors import PrivatenetError
-from privatenet.losses import check_lam
+from privatenet.losses import DEFAULT_LAM, check_lam
 from privatenet.models import ADVERSARY_KINDS, list_models
 from privatenet.models.registry import check_model_name
 from privatenet.readers import MAX_CONFIG_BYTES, brief, load_yaml
 from privatenet.regularizer import ADVERSARY_UPDATES
 from privatenet.storage import write_json
 from privatenet.train import distributed
-from privatenet.train.config import MEMORY_FORMATS, PRECISIONS, TrainConfig
+from privatenet.train.config import TrainConfig
 from privatenet.train.loop import Callbacks
 
 log = logging.getLogger("privatenet")
@@ -102,46 +103,47 @@ def _data_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
                    help="keep decoded images here between runs (default: decode each run)")
 
 
-def _optim_args(p: argparse.ArgumentParser, *, epochs: int, batch_size: int) -> None:
-    g = p.add_argument_group("optimisation (defaults follow the public ARM scripts)")
-    g.add_argument("--epochs", type=int, default=epochs,
-                   help=f"training epochs (default {epochs}; the paper trains 200)")
-    g.add_argument("--batch-size", type=int, default=batch_size,
-                   help=f"mini-batch size (default {batch_size})")
-    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (paper: 1e-3)")
-    g.add_argument("--weight-decay", type=float, default=1e-4,
-                   help="Adam weight decay (public scripts: 1e-4)")
-    g.add_argument("--lr-decay", type=float, default=0.9,
-                   help="exponential learning-rate decay per epoch (public scripts: 0.9)")
-    g.add_argument("--no-augment", action="store_true",
-                   help="disable the public augmentation recipe (flip or Gaussian noise with "
-                        "p=0.5, random erasing 2-10%%)")
-    g.add_argument("--seed", type=int, default=0, help="seed: one seed gives the same numbers "
-                                                       "on CPU")
-    g.add_argument("--device", default="auto",
-                   help="auto (CUDA when present, with bf16 autocast), cpu, or cuda[:N]")
+#: TrainConfig's settings of every training command, and its speed settings.
+OPTIM = ("epochs", "batch_size", "lr", "weight_decay", "lr_decay", "augment", "seed", "device")
+SPEED = ("precision", "memory_format", "compile")
+_TYPES = {"int": int, "float": float, "str": str}
 
 
-def _speed_args(g) -> None:
-    """The fast-path options of training; unset options keep the library's (or a preset's)
-    value."""
-    g.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="training precision: auto (default) is bf16 autocast on CUDA and fp32 "
-                        "on CPU; bf16 on a CPU pays only with native bf16 ('privatenet bench' "
-                        "measures it)")
-    g.add_argument("--memory-format", choices=MEMORY_FORMATS, default=None,
-                   help="layout of images and convolution weights: auto (default) is "
-                        "channels_last on CUDA, contiguous on CPU")
-    g.add_argument("--compile", action="store_true", default=None,
-                   help="compile the training forward pass with torch.compile (slow to start; "
-                        "pays on long runs)")
+def _setting_args(g, names: tuple[str, ...], *, defaults: dict | None = None,
+                  unset: bool = False) -> None:
+    """Options for TrainConfig's fields ``names``, made from their declaration (type, default,
+    choices, help; :func:`privatenet.train.config.TrainConfig`). ``defaults``: this command's
+    own defaults; ``unset``: no default at all (a preset or the library decides; ``reproduce``
+    and the speed options)."""
+    declared = {f.name: f for f in fields(TrainConfig)}
+    for name in names:
+        f = declared[name]
+        default = None if unset else (defaults or {}).get(name, f.default)
+        help = f.metadata["help"].replace("%", "%%") + (
+            "" if unset or f.type == "bool" else f" (default {default})")
+        if f.type == "bool" and f.default:  # a switch that turns it off: --no-augment
+            g.add_argument(f"--no-{name.replace('_', '-')}", action="store_true",
+                           default=None if unset else False, help=f"turn off {help}")
+        elif f.type == "bool":
+            g.add_argument(f"--{name.replace('_', '-')}", action="store_true",
+                           default=None if unset else False, help=help)
+        else:
+            g.add_argument(f"--{name.replace('_', '-')}", type=_TYPES[f.type], default=default,
+                           choices=f.metadata.get("choices"), help=help)
 
 
-def _speed_settings(args) -> dict:
-    """The fast-path options that were given, as TrainConfig fields."""
-    given = {"precision": args.precision, "memory_format": args.memory_format,
-             "compile": args.compile}
-    return {k: v for k, v in given.items() if v is not None}
+def _settings(args, names: tuple[str, ...]) -> dict:
+    """The TrainConfig fields among ``names`` that were given (or have a command default);
+    a field that is on by default comes from its ``--no-`` switch."""
+    out = {}
+    for name in names:
+        if getattr(TrainConfig, name) is True:
+            off = getattr(args, f"no_{name}", None)
+            if off is not None:
+                out[name] = not off
+        elif getattr(args, name, None) is not None:
+            out[name] = getattr(args, name)
+    return out
 
 
 def _out_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -207,8 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bottleneck-channels", type=int, default=None,
                    help="--defence vib or vib+leace: channels of the noisy code at the tap "
                         "(default 16)")
-    _optim_args(p, epochs=10, batch_size=64)
-    _speed_args(p.add_argument_group("speed (docs/design.md §4.4)"))
+    _setting_args(p.add_argument_group("optimisation (defaults follow the public ARM scripts)"),
+                  OPTIM)
+    _setting_args(p.add_argument_group("speed (docs/design.md §4.4)"), SPEED, unset=True)
     _out_args(p)
 
     p = sub.add_parser("attack", help="train an adversary on a tap of a trained network",
@@ -222,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adversary head (default: the paper's head for this tap: arm_fc on "
                         "an ARM backbone map, fc on the arm vector, else mlp)")
     _data_args(p, required=False)
-    _optim_args(p, epochs=10, batch_size=128)
+    _setting_args(p.add_argument_group("optimisation (defaults follow the public ARM scripts)"),
+                  OPTIM, defaults={"batch_size": 128})
     _out_args(p)
 
     p = sub.add_parser("audit", help="worst-case leakage of a tap over an attacker zoo",
@@ -323,15 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the vib and vib+leace defences' code channels (default 16)")
     g.add_argument("--latency-precision", choices=LATENCY_PRECISIONS, default=None,
                    help="Table 3 precision (default fp32, the paper's)")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=None, help="task network epochs")
+    g = p.add_argument_group("optimisation (unset: the preset's, else the library's)")
+    _setting_args(g, ("epochs",), unset=True)
     g.add_argument("--adversary-epochs", type=int, default=None, help="adversary epochs")
     g.add_argument("--privacy-epochs", type=int, default=None,
                    help="privacy-preserving network epochs")
-    g.add_argument("--batch-size", type=int, default=None, help="mini-batch size")
-    g.add_argument("--seed", type=int, default=None, help="seed (default 0)")
-    g.add_argument("--device", default=None, help="auto (default), cpu or cuda[:N]")
-    _speed_args(g)
+    _setting_args(g, ("batch_size", "seed", "device") + SPEED, unset=True)
     g.add_argument("--dry-run", action="store_true",
                    help="run nothing and write nothing: list every stage, cached or not, with "
                         "its image passes and its time projected from a short measured "
@@ -529,10 +530,7 @@ def _load_config_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> N
 
 
 def _train_config(args):
-    speed = _speed_settings(args) if hasattr(args, "precision") else {}
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                       weight_decay=args.weight_decay, lr_decay=args.lr_decay, seed=args.seed,
-                       augment=not args.no_augment, device=args.device, **speed)
+    return TrainConfig(**_settings(args, OPTIM + SPEED))
 
 
 class _Progress:
@@ -589,7 +587,7 @@ def cmd_train(args) -> int:
         private = _split_list(args.private)
         adversary = _split_list(args.adversary) if args.adversary else [None] * len(private)
         privacy = dict(loss=args.defence, tap=args.tap, private=private, adversary=adversary,
-                       lam=check_lam(0.5 if args.lam is None else args.lam),
+                       lam=check_lam(DEFAULT_LAM if args.lam is None else args.lam),
                        update=args.adversary_update or "fixed")
         if args.bottleneck_channels is not None:
             if args.defence not in BOTTLENECKED:
@@ -848,7 +846,7 @@ def cmd_reproduce(args) -> int:
         "adversarial_update": args.adversary_update, "backbone_weights": args.backbone_weights,
         "seeds": args.seeds, "latency_precision": args.latency_precision,
         "audit_zoo": args.audit_zoo, "attacker_share": args.attacker_share,
-        "vib_channels": args.bottleneck_channels, **_speed_settings(args)}
+        "vib_channels": args.bottleneck_channels, **_settings(args, SPEED)}
     config = resolve_config(args.preset, overrides)
     if args.dry_run:
         return _print_plan(config, args.out)

@@ -20,7 +20,8 @@ from torch import nn
 from privatenet.errors import PrivatenetError
 
 __all__ = ["HSIC_BANDWIDTHS", "LOSS_HELP", "PAPER_LOSSES", "PRIVACY_LOSSES", "AdversarialLoss",
-           "ConfusionLoss", "adversarial_loss", "check_bandwidths", "check_lam", "check_loss",
+           "ConfusionLoss", "DEFAULT_LAM", "adversarial_loss", "check_bandwidths", "check_lam",
+           "check_loss",
            "confusion_loss", "hsic_loss", "privacy_loss", "total_loss"]
 
 #: The privacy terms ``L_priv`` that Eq. 8 can weigh against the task loss (the modes of
@@ -52,6 +53,10 @@ def check_loss(name: str) -> str:
         raise PrivatenetError(f"unknown privacy loss {name!r}; use one of "
                               f"{', '.join(PRIVACY_LOSSES)}")
     return name
+
+
+#: The privacy weight lambda of Eq. 8 unless one is given (the paper's Table 2 networks).
+DEFAULT_LAM = 0.5
 
 
 def check_lam(lam: float) -> float:

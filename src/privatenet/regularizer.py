@@ -51,6 +51,7 @@ from privatenet.checks import check_seed, is_int
 from privatenet.data.base import MISSING
 from privatenet.errors import PrivatenetError
 from privatenet.losses import (
+    DEFAULT_LAM,
     HSIC_BANDWIDTHS,
     LOSS_MODULES,
     check_bandwidths,
@@ -182,7 +183,7 @@ class PrivacyRegularizer(nn.Module):
         return super().__new__(cls)
 
     def __init__(self, adversary: nn.Module | None = None, *, loss: str = "confusion",
-                 lam: float = 0.5, update: str = "fixed", lr: float = 1e-3,
+                 lam: float = DEFAULT_LAM, update: str = "fixed", lr: float = 1e-3,
                  weight_decay: float = 1e-4, **options: Any) -> None:
         super().__init__()
         if adversary is not None and not isinstance(adversary, nn.Module):

@@ -53,7 +53,7 @@ from privatenet.data.base import (
 from privatenet.data.cache import check_cache_dir
 from privatenet.data.spec import DataSpec, check_image_size, parse_spec
 from privatenet.errors import PrivatenetError
-from privatenet.losses import PAPER_LOSSES, check_lam, check_loss
+from privatenet.losses import DEFAULT_LAM, PAPER_LOSSES, check_lam, check_loss
 from privatenet.metrics import robustness
 from privatenet.models import default_adversary, require_tap
 from privatenet.models.registry import check_model_name, model_options, model_taps
@@ -91,7 +91,7 @@ class ProtocolConfig:
     model: str = "arm_resnet18"
     taps: list[str] | None = None  # None: every tap of the model
     losses: list[str] = field(default_factory=lambda: list(DEFENCES))
-    lam: float = 0.5  # lambda of the Table 2 networks
+    lam: float = DEFAULT_LAM  # lambda of the Table 2 networks
     lambdas: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0])
     sweep_tap: str | None = None  # None: the first tap (backbone for the ARM network)
     sweep_attribute: str | None = None  # None: the last private attribute (age by default)

@@ -6,13 +6,26 @@ import functools
 import math
 import numbers
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
 from privatenet.checks import MAX_SEED, check_seed, is_int
 from privatenet.errors import PrivatenetError
+
+#: Training precisions: ``auto`` is bf16 autocast on CUDA and fp32 elsewhere, a choice by device
+#: type alone (a choice by measured speed would make a seed's numbers depend on machine load).
+PRECISIONS = ("auto", "fp32", "bf16")
+#: Memory layouts of images and convolution weights: ``auto`` is channels_last on CUDA (tensor
+#: cores want it) and contiguous elsewhere.
+MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
+
+
+def _setting(default, help: str, **extra):
+    """A field with its help text (and ``choices``): the command line's options are made from
+    these (:func:`privatenet.cli`), so each setting is declared here once."""
+    return field(default=default, metadata={"help": help, **extra})
 
 
 @dataclass
@@ -27,18 +40,26 @@ class TrainConfig:
     contiguous elsewhere) and ``compile`` (``torch.compile`` of the forward pass, opt-in).
     """
 
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    lr_decay: float = 0.9
-    seed: int = 0
-    augment: bool = True
-    device: str = "auto"
-    eval_batch_size: int = 256
-    precision: str = "auto"
-    memory_format: str = "auto"
-    compile: bool = False
+    epochs: int = _setting(10, "training epochs; the paper trains 200")
+    batch_size: int = _setting(64, "mini-batch size")
+    lr: float = _setting(1e-3, "Adam learning rate; the paper's is 1e-3")
+    weight_decay: float = _setting(1e-4, "Adam weight decay; the public scripts' is 1e-4")
+    lr_decay: float = _setting(0.9, "exponential learning-rate decay per epoch; the "
+                                    "public scripts' is 0.9")
+    seed: int = _setting(0, "seed: one seed gives the same numbers on CPU")
+    augment: bool = _setting(True, "the public augmentation recipe (flip or Gaussian noise "
+                                   "with p=0.5, random erasing 2-10%)")
+    device: str = _setting("auto", "auto (CUDA when present, with bf16 autocast), cpu, or "
+                                   "cuda[:N]")
+    eval_batch_size: int = _setting(256, "batch size of evaluation and feature extraction")
+    precision: str = _setting("auto", "training precision: auto is bf16 autocast on CUDA and "
+                                      "fp32 on CPU; bf16 on a CPU pays only with native bf16 "
+                                      "('privatenet bench' measures it)", choices=PRECISIONS)
+    memory_format: str = _setting("auto", "layout of images and convolution weights: auto is "
+                                           "channels_last on CUDA, contiguous on CPU",
+                                  choices=MEMORY_FORMATS)
+    compile: bool = _setting(False, "compile the training forward pass with torch.compile "
+                                    "(slow to start; pays on long runs)")
 
     def __post_init__(self) -> None:
         for name, low in (("epochs", 1), ("batch_size", 2), ("eval_batch_size", 1)):
@@ -99,12 +120,6 @@ def check_compiler() -> None:
                               "train without compile") from None
 
 
-#: Training precisions: ``auto`` is bf16 autocast on CUDA and fp32 elsewhere, a choice by device
-#: type alone (a choice by measured speed would make a seed's numbers depend on machine load).
-PRECISIONS = ("auto", "fp32", "bf16")
-#: Memory layouts of images and convolution weights: ``auto`` is channels_last on CUDA (tensor
-#: cores want it) and contiguous elsewhere.
-MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 #: Settings that change speed and, by rounding only, the numbers (left out of keys at defaults).
 SPEED_SETTINGS = ("precision", "memory_format", "compile")
 
