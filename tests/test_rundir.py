@@ -8,7 +8,7 @@ import pytest
 
 from privatenet.errors import PrivatenetError
 from privatenet.train import rundir
-from privatenet.train.rundir import open_run
+from privatenet.train.rundir import open_run, run_job
 
 FP = {"data": "synthfaces:n=40", "init": None, "adversary": None,
       "settings": {"epochs": 2, "lr": 0.001}}
@@ -224,3 +224,27 @@ def test_os_errors_are_one_line_errors_naming_the_path(tmp_path, monkeypatch):
 def test_corrupt_marker_is_a_one_line_error(tmp_path):
     (tmp_path / "run.json").write_text("[1]")
     _refused(tmp_path, "not a privatenet run marker")
+
+
+def test_run_job_writes_config_then_results_last_and_returns_a_finished_run(tmp_path):
+    calls = []
+
+    def work(run):
+        calls.append(run.path)
+        assert (run.path / "config.yaml").exists() and not (run.path / "results.json").exists()
+        return {"value": len(calls)}
+
+    out = tmp_path / "job"
+    first = run_job(out, kind="attack", fingerprint={"a": 1}, resume=False,
+                    settings={"job": "attack"}, work=work)
+    again = run_job(out, kind="attack", fingerprint={"a": 1}, resume=True,
+                    settings={"job": "attack"}, work=work)
+    assert first == again == {"value": 1} and len(calls) == 1  # finished: not redone
+
+    def broken(run):
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        run_job(tmp_path / "broken", kind="attack", fingerprint=None, resume=False,
+                settings=None, work=broken)
+    assert not (tmp_path / "broken" / "results.json").exists()  # an unfinished run

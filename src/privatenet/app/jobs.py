@@ -1,11 +1,12 @@
 """Training and attack jobs: a dataset, a model and the training loop, with their run folder.
 
 Used by the CLI (``privatenet train`` / ``attack``) and by every stage of the protocol. A job
-checks every input first, then claims its folder (:func:`~privatenet.train.rundir.open_run`:
-``run.json`` with the run's fingerprint, ``run.lock`` held while it works), and writes
-``config.yaml`` (resolved settings), ``train/`` (checkpoints, ``metrics.jsonl``), the final
-``model.*`` or ``adversary.*`` checkpoint and ``results.json``, written last: a folder with
-``results.json`` is finished and is not redone.
+checks every input first, then runs in its folder through the one template,
+:func:`~privatenet.train.rundir.run_job`: it claims the folder (``run.json`` with the run's
+fingerprint, ``run.lock`` held while it works), writes ``config.yaml`` (resolved settings), lets
+the job write ``train/`` (checkpoints, ``metrics.jsonl``) and the final ``model.*`` or
+``adversary.*`` checkpoint, and writes ``results.json`` last: a folder with ``results.json`` is
+finished and is not redone.
 """
 
 from __future__ import annotations
@@ -45,12 +46,11 @@ from privatenet.storage import (
     load_checkpoint_meta,
     read_json,
     write_json,
-    write_yaml,
 )
 from privatenet.train import distributed
 from privatenet.train.config import TrainConfig, resolve_device, seed_everything
 from privatenet.train.loop import Callbacks, extract, fit, fit_adversary, predict_features
-from privatenet.train.rundir import open_run, open_shared_run
+from privatenet.train.rundir import run_job
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config
     adversary's attack folder, or a list with one per attribute). ``init_from`` starts from the
     weights of a finished train folder of the same architecture instead of from scratch;
     ``model_kwargs`` may name ``backbone_weights`` (a file; its SHA-256 is in the fingerprint).
-    Every input is checked before ``out`` is claimed (:func:`open_run`): a resumed run must
+    Every input is checked before ``out`` is claimed (:func:`run_job`): a resumed run must
     name the same data (content), starting network, adversaries and settings.
 
     Utility is scored on every test row with a known target (docs/design.md §5); the task loss
@@ -362,13 +362,9 @@ def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config
             term, adversary=known[p], tap_shape=shape, num_classes=len(data.classes[p]),
             config=config, bottleneck=getattr(net, "bottleneck", None)) for p in private]
         fingerprint["regularizers"] = [r.settings() for r in regularizers]
-    # Under torchrun every process trains (fit shards the batches); rank 0 alone writes.
-    writes = distributed.is_main()
-    with open_shared_run(out, kind="train", fingerprint=fingerprint, resume=resume) as run:
-        if run.finished:
-            return run.results()
-        if writes:
-            write_yaml(run.path / "config.yaml", settings)
+
+    def work(run) -> dict:
+        nonlocal net
         history = []
         if not erase or regularizers:
             first = dataclasses.replace(config, epochs=config.epochs - erase_epochs) if erase \
@@ -388,13 +384,16 @@ def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config
         if privacy is not None:
             results.update(_privacy_results(net, test, data, privacy["tap"], private, known,
                                             regularizers, config))
-        if writes:
+        if distributed.is_main():
             save_module(run.path / "model", net.cpu(), {
                 "role": "model", "data": data.name, "target": target,
                 "classes": data.classes[target], "image_size": image_size_of(data)}
                 | ({"attacker_carve": data.carve} if data.carve else {}))
-            write_json(run.path / "results.json", results)
-    return results
+        return results
+
+    # Under torchrun every process trains (fit shards the batches); rank 0 alone writes.
+    return run_job(out, kind="train", fingerprint=fingerprint, resume=resume,
+                   settings=settings, work=work, shared=True)
 
 
 def _erase_and_finetune(net: torch.nn.Module, train: Split, data: Dataset, tap: str,
@@ -475,10 +474,8 @@ def attack_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str
                    "network": checkpoint_digest(_model_stem(model_run)),
                    "settings": {k: v for k, v in settings.items()
                                 if k not in ("data", "model_run")}}
-    with open_run(out, kind="attack", fingerprint=fingerprint, resume=resume) as run:
-        if run.finished:
-            return run.results()
-        write_yaml(run.path / "config.yaml", settings)
+
+    def work(run) -> dict:
         device = resolve_device(config.device)
         net.to(device)
         # Seeded before the features too: a vib network draws noise in every forward pass.
@@ -492,13 +489,13 @@ def attack_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str
                                 run_dir=run.path / "train", resume=resume, callbacks=callbacks)
         results = evaluate_adversary(adversary, net, test, tap=tap, attribute=attribute,
                                      num_classes=num_classes, config=config)
-        results = {"attribute": attribute, "tap": tap, "head": head, **results,
-                   "history": history}
         save_module(run.path / "adversary", adversary.cpu(), {
             "role": "adversary", "tap": tap, "attribute": attribute,
             "classes": data.classes[attribute], "model_run": str(model_run)})
-        write_json(run.path / "results.json", results)
-    return results
+        return {"attribute": attribute, "tap": tap, "head": head, **results, "history": history}
+
+    return run_job(out, kind="attack", fingerprint=fingerprint, resume=resume,
+                   settings=settings, work=work)
 
 
 def known_job(*, data: Dataset, model_run: str | Path, adversary_run: str | Path,
@@ -515,15 +512,15 @@ def known_job(*, data: Dataset, model_run: str | Path, adversary_run: str | Path
                    "network": checkpoint_digest(_model_stem(model_run)),
                    "adversary": checkpoint_digest(_adversary_stem(adversary_run)),
                    "settings": {"job": "known", "seed": config.seed}}
-    with open_run(out, kind="known", fingerprint=fingerprint, resume=True) as run:
-        if run.finished:
-            return run.results()
+
+    def work(run) -> dict:
         seed_everything(config.seed)  # a vib network draws noise in every forward pass
-        results = {"attribute": attribute, "tap": tap, **evaluate_adversary(
+        return {"attribute": attribute, "tap": tap, **evaluate_adversary(
             adversary, net, test, tap=tap, attribute=attribute,
             num_classes=len(data.classes[attribute]), config=config)}
-        write_json(run.path / "results.json", results)
-    return results
+
+    return run_job(out, kind="known", fingerprint=fingerprint, resume=True, settings=None,
+                   work=work)
 
 
 def import_public_job(*, checkpoint: str | Path, data: Dataset, out: str | Path,
@@ -548,15 +545,17 @@ def import_public_job(*, checkpoint: str | Path, data: Dataset, out: str | Path,
     net = load_public_arm_checkpoint(checkpoint, num_classes=len(EMOTIONS),
                                      image_size=image_size_of(data),
                                      calibration=batches if calibrate else None)
-    with open_run(out, kind="import", fingerprint=None, resume=False) as run:
-        write_yaml(run.path / "config.yaml", settings)
+
+    def work(run) -> dict:
         results = {"utility": evaluate_task(net, test, "emotion", len(EMOTIONS), config),
                    "source": str(checkpoint), "affinity": net.arm.affinity}
         save_module(run.path / "model", net.cpu(), {
             "role": "model", "data": data.name, "target": "emotion",
             "classes": list(EMOTIONS), "image_size": image_size_of(data)})
-        write_json(run.path / "results.json", results)
-    return results
+        return results
+
+    return run_job(out, kind="import", fingerprint=None, resume=False, settings=settings,
+                   work=work)
 
 
 #: Side of the downsampled image of the audit's "image" control (the ceiling).
@@ -605,12 +604,9 @@ def audit_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str,
         return extract(model, images, tap=which, batch_size=config.eval_batch_size,
                        device=device, precision=config.precision)
 
-    # An audit keeps no checkpoints: a rerun of the same command returns a finished audit and
-    # redoes an interrupted one; other inputs in the same folder are refused.
-    with open_run(out, kind="audit", fingerprint=fingerprint, resume=True) as run:
-        if run.finished:
-            return read_json(run.path / "audit.json")
-        write_yaml(run.path / "config.yaml", settings)
+    full: dict = {}  # the whole audit (results.json holds its headline)
+
+    def work(run) -> dict:
         net.to(device)
         seed_everything(config.seed)  # a vib network draws noise in every forward pass
 
@@ -667,10 +663,15 @@ def audit_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str,
         atomic_write_text(run.path / "audit.md", f"# Leakage audit: {attribute} from tap "
                           f"{tap!r} of {model_run}\n\n" + audit_markdown(result))
         atomic_write_bytes(run.path / "audit.png", plot_audit(result))
-        headline = {"worst": result["worst"], "controls": {
+        full.update(result)
+        return {"worst": result["worst"], "controls": {
             k: v["worst"] for k, v in result.get("controls", {}).items()},
             "mdl": result.get("mdl"), "protocol": result["protocol"],
             "data_limited": result["data_limited"], "rows": result["rows"], "tap": tap,
             "attribute": attribute}
-        write_json(run.path / "results.json", headline)
-    return result
+
+    # An audit keeps no checkpoints: a rerun of the same command returns a finished audit and
+    # redoes an interrupted one; other inputs in the same folder are refused.
+    run_job(out, kind="audit", fingerprint=fingerprint, resume=True, settings=settings,
+            work=work)
+    return full or read_json(Path(out) / "audit.json")

@@ -68,7 +68,7 @@ from privatenet.train.config import (
     resolve_precision,
 )
 from privatenet.train.loop import Callbacks
-from privatenet.train.rundir import check_run_folder, open_run, open_shared_run
+from privatenet.train.rundir import check_run_folder, open_shared_run, run_job
 
 log = logging.getLogger(__name__)
 
@@ -756,8 +756,7 @@ def _over_seeds(tables: list[list[dict]]) -> list[dict]:
 
 def _latency_stage(folder: Path, network: Path, size: int, config: ProtocolConfig) -> dict:
     model, _ = load_model(network)
-    with open_run(folder, kind="latency", fingerprint=None, resume=True) as run:
-        res = latency_ms(model, image_size=size, device=resolve_device(config.train.device),
-                         repeats=config.latency_repeats, precision=config.latency_precision)
-        write_json(run.path / "results.json", res)
-    return res
+    return run_job(folder, kind="latency", fingerprint=None, resume=True, settings=None,
+                   work=lambda run: latency_ms(
+                       model, image_size=size, device=resolve_device(config.train.device),
+                       repeats=config.latency_repeats, precision=config.latency_precision))

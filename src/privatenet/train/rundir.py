@@ -27,7 +27,7 @@ from pathlib import Path
 from privatenet.errors import PrivatenetError
 from privatenet.readers import brief
 from privatenet.runfiles import LOCK, MARKER, RESULTS
-from privatenet.storage import read_json, write_json
+from privatenet.storage import read_json, write_json, write_yaml
 from privatenet.train import distributed
 from privatenet.version import __version__
 
@@ -299,6 +299,26 @@ def open_shared_run(path: str | Path, *, kind: str, fingerprint: dict | None,
 def _remove(path: Path) -> None:
     with suppress(OSError):
         path.unlink(missing_ok=True)
+
+
+def run_job(out: str | Path, *, kind: str, fingerprint: dict | None, resume: bool,
+            settings: dict | None, work: Callable[[Run], dict], shared: bool = False) -> dict:
+    """The one way a job runs in its folder: claim ``out`` (:func:`open_run`, or with
+    ``shared`` :func:`open_shared_run`), return a finished run's ``results.json``, otherwise
+    write ``config.yaml`` (``settings``, when given), call ``work(run)`` and write what it
+    returns as ``results.json``, last (its presence marks the run finished). Under torchrun
+    (``shared``) every process works and rank 0 alone writes."""
+    opener = open_shared_run if shared else open_run
+    with opener(out, kind=kind, fingerprint=fingerprint, resume=resume) as run:
+        if run.finished:
+            return run.results()
+        writes = distributed.is_main() or not shared
+        if writes and settings is not None:
+            write_yaml(run.path / "config.yaml", settings)
+        results = work(run)
+        if writes:
+            write_json(run.path / RESULTS, results)
+    return results
 
 
 @contextmanager
