@@ -232,3 +232,11 @@ def test_a_closed_pipe_is_not_an_error(monkeypatch, capsys):
     monkeypatch.setitem(cli.COMMANDS, "data-info", closed)
     assert cli.main(["data-info", "synthfaces"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_config_files_with_the_old_keys_of_renamed_options_still_load(tmp_path, seen):
+    assert main(["--config", _config(tmp_path, "loss: hsic\n"), *BASE]) == 0
+    assert seen[-1].defence == "hsic"
+    cfg = _config(tmp_path, "losses: vib,leace\nadversarial_update: alternating\n")
+    assert main(["--config", cfg, "reproduce", "--data", "d", "--out", "o"]) == 0
+    assert (seen[-1].defences, seen[-1].adversary_update) == ("vib,leace", "alternating")

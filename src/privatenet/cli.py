@@ -490,6 +490,10 @@ def _config_value(action: argparse.Action, value):
     return value
 
 
+#: Config-file keys of options that were renamed (the old command-line spellings still parse).
+RENAMED = {"loss": "defence", "losses": "defences", "adversarial_update": "adversary_update"}
+
+
 def _load_config_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     """Apply a ``--config`` YAML file as defaults of every subcommand that has the option.
 
@@ -510,6 +514,7 @@ def _load_config_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> N
     known_keys = sorted({dest for options in commands.values() for dest in options})
     for key, value in values.items():
         dest = str(key).replace("-", "_")
+        dest = RENAMED.get(dest, dest)
         if dest not in known_keys:
             close = difflib.get_close_matches(dest, known_keys, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
