@@ -270,3 +270,32 @@ def test_training_options_are_made_from_the_train_config_declaration():
     config = _train_config(args)
     assert (config.augment, config.lr, config.precision, config.batch_size) == (
         False, 0.01, "fp32", 64)
+
+
+def test_reproduce_options_are_made_from_the_protocol_declaration(tmp_path, monkeypatch):
+    from dataclasses import fields
+
+    from privatenet.app.protocol import ProtocolConfig
+    from privatenet.cli import PROTOCOL, _options, _subparsers, build_parser
+
+    options = _options(_subparsers(build_parser())["reproduce"])
+    declared = {f.name: f for f in fields(ProtocolConfig)}
+    for name in PROTOCOL:
+        f = declared[name]
+        flag = f.metadata.get("flag", f"--{name.replace('_', '-')}")
+        action = next(a for a in options.values() if flag in a.option_strings)
+        assert f.metadata["help"].replace("%", "%%") in action.help and action.default is None
+        assert action.choices == f.metadata.get("choices")
+    seen = []
+    monkeypatch.setattr("privatenet.cli._print_plan", lambda config, out: seen.append(config)
+                        or 0)
+    assert main(["reproduce", "--preset", "smoke", "--data", "synthfaces:n=40,size=32",
+                 "--defences", "vib,leace", "--lambdas", "0,0.5", "--taps", "backbone",
+                 "--private", "age", "--bottleneck-channels", "8", "--adversary-update",
+                 "alternating", "--epochs", "2", "--privacy-epochs", "3", "--precision", "fp32",
+                 "--dry-run", "--out", str(tmp_path / "r")]) == 0
+    c = seen[0]
+    assert (c.losses, c.lambdas, c.taps, c.private, c.vib_channels, c.adversarial_update) == (
+        ["vib", "leace"], [0.0, 0.5], ["backbone"], ["age"], 8, "alternating")
+    assert (c.train.epochs, c.privacy_epochs, c.train.precision, c.model) == (
+        2, 3, "fp32", "small_cnn")  # the rest from the smoke preset

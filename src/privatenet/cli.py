@@ -26,8 +26,14 @@ from privatenet.app.jobs import (
     model_meta,
     train_job,
 )
-from privatenet.app.latency import LATENCY_PRECISIONS
-from privatenet.app.protocol import FORWARD_SHARE, PRESETS, plan, reproduce, resolve_config
+from privatenet.app.protocol import (
+    FORWARD_SHARE,
+    PRESETS,
+    ProtocolConfig,
+    plan,
+    reproduce,
+    resolve_config,
+)
 from privatenet.app.report import advice_markdown, audit_markdown, tables_markdown
 from privatenet.app.video_job import video_job
 from privatenet.auditing import check_audit_settings
@@ -106,43 +112,60 @@ def _data_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
 #: TrainConfig's settings of every training command, and its speed settings.
 OPTIM = ("epochs", "batch_size", "lr", "weight_decay", "lr_decay", "augment", "seed", "device")
 SPEED = ("precision", "memory_format", "compile")
+#: ProtocolConfig's settings that ``reproduce`` takes (beyond TrainConfig's).
+PROTOCOL = ("data", "image_size", "cache_dir", "target", "private", "model", "taps", "losses",
+            "lam", "lambdas", "init", "adversarial_update", "backbone_weights", "seeds",
+            "audit_zoo", "attacker_share", "vib_channels", "latency_precision")
 _TYPES = {"int": int, "float": float, "str": str}
 
 
-def _setting_args(g, names: tuple[str, ...], *, defaults: dict | None = None,
+def _flag(f) -> tuple[str, str]:
+    """A declared field's long option and its argparse dest."""
+    flag = f.metadata.get("flag", f"--{f.name.replace('_', '-')}")
+    if f.type == "bool" and f.default is True:  # on by default: a switch that turns it off
+        flag = f"--no-{f.name.replace('_', '-')}"
+    return flag, flag[2:].replace("-", "_")
+
+
+def _setting_args(g, cls, names: tuple[str, ...], *, defaults: dict | None = None,
                   unset: bool = False) -> None:
-    """Options for TrainConfig's fields ``names``, made from their declaration (type, default,
-    choices, help; :func:`privatenet.train.config.TrainConfig`). ``defaults``: this command's
-    own defaults; ``unset``: no default at all (a preset or the library decides; ``reproduce``
-    and the speed options)."""
-    declared = {f.name: f for f in fields(TrainConfig)}
+    """Options for the fields ``names`` of the dataclass ``cls``, made from their declaration
+    (type, default, help and the rest of :func:`privatenet.train.config.setting`'s metadata).
+    ``defaults``: this command's own defaults; ``unset``: no default at all (a preset or the
+    library decides: ``reproduce`` and the speed options)."""
+    declared = {f.name: f for f in fields(cls)}
     for name in names:
         f = declared[name]
+        flag, dest = _flag(f)
         default = None if unset else (defaults or {}).get(name, f.default)
         help = f.metadata["help"].replace("%", "%%") + (
             "" if unset or f.type == "bool" else f" (default {default})")
-        if f.type == "bool" and f.default:  # a switch that turns it off: --no-augment
-            g.add_argument(f"--no-{name.replace('_', '-')}", action="store_true",
-                           default=None if unset else False, help=f"turn off {help}")
-        elif f.type == "bool":
-            g.add_argument(f"--{name.replace('_', '-')}", action="store_true",
-                           default=None if unset else False, help=help)
+        if f.type == "bool":
+            g.add_argument(flag, dest=dest, action="store_true",
+                           default=None if unset else False,
+                           help=f"turn off {help}" if f.default is True else help)
         else:
-            g.add_argument(f"--{name.replace('_', '-')}", type=_TYPES[f.type], default=default,
+            parse = f.metadata.get("type", _TYPES.get(f.type.split(" |")[0], str))
+            g.add_argument(flag, *f.metadata.get("aliases", ()), dest=dest,
+                           type=str if "list" in f.metadata else parse, default=default,
                            choices=f.metadata.get("choices"), help=help)
 
 
-def _settings(args, names: tuple[str, ...]) -> dict:
-    """The TrainConfig fields among ``names`` that were given (or have a command default);
-    a field that is on by default comes from its ``--no-`` switch."""
+def _settings(args, cls, names: tuple[str, ...]) -> dict:
+    """The fields among ``names`` of ``cls`` that were given (or have a command default), by
+    field name: comma lists split, a ``--no-`` switch turned into its field's value."""
+    declared = {f.name: f for f in fields(cls)}
     out = {}
     for name in names:
-        if getattr(TrainConfig, name) is True:
-            off = getattr(args, f"no_{name}", None)
-            if off is not None:
-                out[name] = not off
-        elif getattr(args, name, None) is not None:
-            out[name] = getattr(args, name)
+        f = declared[name]
+        value = getattr(args, _flag(f)[1], None)
+        if value is None:
+            continue
+        if f.type == "bool" and f.default is True:
+            value = not value
+        elif "list" in f.metadata:
+            value = _split_list(value, float if f.metadata["list"] == "float" else str)
+        out[name] = value
     return out
 
 
@@ -210,8 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--defence vib or vib+leace: channels of the noisy code at the tap "
                         "(default 16)")
     _setting_args(p.add_argument_group("optimisation (defaults follow the public ARM scripts)"),
-                  OPTIM)
-    _setting_args(p.add_argument_group("speed (docs/design.md §4.4)"), SPEED, unset=True)
+                  TrainConfig, OPTIM)
+    _setting_args(p.add_argument_group("speed (docs/design.md §4.4)"), TrainConfig, SPEED,
+                  unset=True)
     _out_args(p)
 
     p = sub.add_parser("attack", help="train an adversary on a tap of a trained network",
@@ -226,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "an ARM backbone map, fc on the arm vector, else mlp)")
     _data_args(p, required=False)
     _setting_args(p.add_argument_group("optimisation (defaults follow the public ARM scripts)"),
-                  OPTIM, defaults={"batch_size": 128})
+                  TrainConfig, OPTIM, defaults={"batch_size": 128})
     _out_args(p)
 
     p = sub.add_parser("audit", help="worst-case leakage of a tap over an attacker zoo",
@@ -282,57 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "same network with every defence and 20 epochs; demo: the CPU demo on "
                         "synthfaces; smoke: a seconds-long plumbing check. Options below "
                         "override the preset")
-    g = p.add_argument_group("what to reproduce")
-    g.add_argument("--data", default=None,
-                   help="dataset spec (rafdb:PATH for the paper); required unless the preset "
-                        "names its data (demo)")
-    g.add_argument("--image-size", type=int, default=None, help="decode size (paper: 224)")
-    g.add_argument("--cache-dir", default=None, help="keep decoded images here between runs")
-    g.add_argument("--target", default=None, help="task column (default emotion)")
-    g.add_argument("--private", default=None,
-                   help="comma list of private attributes (default gender,age)")
-    g.add_argument("--model", default=None, type=_model_name,
-                   help="network (default arm_resnet18, the paper's)")
-    g.add_argument("--taps", default=None,
-                   help="comma list of taps to attack and protect (default: all of the model's)")
-    g.add_argument("--defences", "--losses", dest="defences", default=None,
-                   help=f"comma list of defences (default all: {','.join(DEFENCES)}; --losses is "
-                        "the old name)")
-    g.add_argument("--lam", type=float, default=None,
-                   help="lambda of the Table 2 networks (default 0.5)")
-    g.add_argument("--lambdas", default=None,
-                   help="comma list for the Fig. 2 sweep (default 0,0.1,0.3,0.5,0.7,0.9,1)")
-    g.add_argument("--init", choices=("original", "scratch"), default=None,
-                   help="privacy networks start from the original network (default) or from "
-                        "scratch")
-    g.add_argument("--adversary-update", "--adversarial-update", dest="adversary_update",
-                   choices=ADVERSARY_UPDATES, default=None,
-                   help="the adversarial loss's known adversary: fixed (default, the paper's) "
-                        "or alternating (trained alongside; the report adds its accuracy)")
-    g.add_argument("--backbone-weights", default=None,
-                   help="torchvision ResNet-18 weights file the original networks start from "
-                        "(the paper: ImageNet, resnet18-f37072fd.pth); part of the stage keys")
-    g.add_argument("--seeds", type=int, default=None,
-                   help="repeat Tables 1-2 and the sweep for seeds seed..seed+N-1 and report "
-                        "mean and std (default 1, at most 100)")
-    g.add_argument("--audit-zoo", choices=("quick", "full", "none"), default=None,
-                   help="attacker zoo of the audit column in Tables 1-2 (default full, the "
-                        "headline; the demo and smoke presets use quick, a preview; none leaves "
-                        "the column out)")
-    g.add_argument("--attacker-share", type=float, default=None,
-                   help="share of the train split carved out for the audit's attackers before "
-                        "any training (default 0.2, at most 0.5; 0: none, the audit cross-fits "
-                        "on the test rows); a data set's own attacker split is used as it is")
-    g.add_argument("--bottleneck-channels", type=int, default=None,
-                   help="the vib and vib+leace defences' code channels (default 16)")
-    g.add_argument("--latency-precision", choices=LATENCY_PRECISIONS, default=None,
-                   help="Table 3 precision (default fp32, the paper's)")
+    _setting_args(p.add_argument_group("what to reproduce (unset: the preset's, else the "
+                                       "library's)"), ProtocolConfig, PROTOCOL, unset=True)
     g = p.add_argument_group("optimisation (unset: the preset's, else the library's)")
-    _setting_args(g, ("epochs",), unset=True)
-    g.add_argument("--adversary-epochs", type=int, default=None, help="adversary epochs")
-    g.add_argument("--privacy-epochs", type=int, default=None,
-                   help="privacy-preserving network epochs")
-    _setting_args(g, ("batch_size", "seed", "device") + SPEED, unset=True)
+    _setting_args(g, ProtocolConfig, ("adversary_epochs", "privacy_epochs"), unset=True)
+    _setting_args(g, TrainConfig, ("epochs", "batch_size", "seed", "device") + SPEED,
+                  unset=True)
     g.add_argument("--dry-run", action="store_true",
                    help="run nothing and write nothing: list every stage, cached or not, with "
                         "its image passes and its time projected from a short measured "
@@ -535,7 +514,7 @@ def _load_config_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> N
 
 
 def _train_config(args):
-    return TrainConfig(**_settings(args, OPTIM + SPEED))
+    return TrainConfig(**_settings(args, TrainConfig, OPTIM + SPEED))
 
 
 class _Progress:
@@ -841,17 +820,10 @@ def cmd_reproduce(args) -> int:
     if args.data is None and "data" not in PRESETS.get(args.preset, {}):
         raise PrivatenetError("reproduce needs --data (rafdb:PATH for the paper's numbers, or "
                               "any dataset spec); only --preset demo names its own data")
-    overrides = {
-        "data": args.data, "image_size": args.image_size, "cache_dir": args.cache_dir,
-        "target": args.target, "private": _split_list(args.private), "model": args.model,
-        "taps": _split_list(args.taps), "losses": _split_list(args.defences), "lam": args.lam,
-        "lambdas": _split_list(args.lambdas, float), "init": args.init, "epochs": args.epochs,
-        "adversary_epochs": args.adversary_epochs, "privacy_epochs": args.privacy_epochs,
-        "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
-        "adversarial_update": args.adversary_update, "backbone_weights": args.backbone_weights,
-        "seeds": args.seeds, "latency_precision": args.latency_precision,
-        "audit_zoo": args.audit_zoo, "attacker_share": args.attacker_share,
-        "vib_channels": args.bottleneck_channels, **_settings(args, SPEED)}
+    overrides = (_settings(args, ProtocolConfig, PROTOCOL + ("adversary_epochs",
+                                                             "privacy_epochs"))
+                 | _settings(args, TrainConfig, ("epochs", "batch_size", "seed", "device")
+                             + SPEED))
     config = resolve_config(args.preset, overrides)
     if args.dry_run:
         return _print_plan(config, args.out)

@@ -57,7 +57,7 @@ from privatenet.losses import DEFAULT_LAM, PAPER_LOSSES, check_lam, check_loss
 from privatenet.metrics import robustness
 from privatenet.models import default_adversary, require_tap
 from privatenet.models.registry import check_model_name, model_options, model_taps
-from privatenet.regularizer import check_update
+from privatenet.regularizer import ADVERSARY_UPDATES, check_update
 from privatenet.storage import read_json, write_json, write_yaml
 from privatenet.train import distributed
 from privatenet.train.config import (
@@ -66,6 +66,7 @@ from privatenet.train.config import (
     resolve_device,
     resolve_memory_format,
     resolve_precision,
+    setting,
 )
 from privatenet.train.loop import Callbacks
 from privatenet.train.rundir import check_run_folder, open_shared_run, run_job
@@ -85,34 +86,59 @@ class ProtocolConfig:
     networks use the same settings with ``adversary_epochs`` and ``privacy_epochs``.
     """
 
-    data: DataSpec | str = "synthfaces"
-    target: str = "emotion"
-    private: list[str] = field(default_factory=lambda: ["gender", "age"])
-    model: str = "arm_resnet18"
-    taps: list[str] | None = None  # None: every tap of the model
-    losses: list[str] = field(default_factory=lambda: list(DEFENCES))
-    lam: float = DEFAULT_LAM  # lambda of the Table 2 networks
-    lambdas: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0])
+    data: DataSpec | str = setting("synthfaces", "dataset spec (rafdb:PATH for the paper); "
+                                   "required unless the preset names its data (demo)")
+    target: str = setting("emotion", "task column (default emotion)")
+    private: list[str] = setting(help="comma list of private attributes (default gender,age)",
+                                 factory=lambda: ["gender", "age"], list="str")
+    model: str = setting("arm_resnet18", "network (default arm_resnet18, the paper's)",
+                         type=check_model_name)
+    taps: list[str] | None = setting(None, "comma list of taps to attack and protect (default: "
+                                           "all of the model's)", list="str")
+    losses: list[str] = setting(help="comma list of defences (default all: "
+                                     f"{','.join(DEFENCES)}; --losses is the old name)",
+                                factory=lambda: list(DEFENCES), list="str",
+                                flag="--defences", aliases=("--losses",))
+    lam: float = setting(DEFAULT_LAM, f"lambda of the Table 2 networks (default {DEFAULT_LAM})")
+    lambdas: list[float] = setting(help="comma list for the Fig. 2 sweep (default "
+                                        "0,0.1,0.3,0.5,0.7,0.9,1)", list="float",
+                                   factory=lambda: [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0])
     sweep_tap: str | None = None  # None: the first tap (backbone for the ARM network)
     sweep_attribute: str | None = None  # None: the last private attribute (age by default)
     sweep_loss: str = "confusion"
-    init: str = "original"  # privacy networks start from the original network's weights
-    adversarial_update: str = "fixed"  # the paper's: the known adversary is held fixed
-    image_size: int | None = 224
-    backbone_weights: str | None = None  # torchvision ResNet-18 weights (the paper: ImageNet)
-    seeds: int = 1  # Tables 1-2 and the sweep as mean and std over seeds seed, seed+1, ...
-    audit_zoo: str = "full"  # the audit column's attacker zoo; "none" leaves the column out
+    init: str = setting("original", "privacy networks start from the original network "
+                                    "(default) or from scratch", choices=("original", "scratch"))
+    adversarial_update: str = setting(
+        "fixed", "the adversarial loss's known adversary: fixed (default, the paper's) or "
+                 "alternating (trained alongside; the report adds its accuracy)",
+        choices=ADVERSARY_UPDATES, flag="--adversary-update", aliases=("--adversarial-update",))
+    image_size: int | None = setting(224, "decode size (paper: 224)")
+    backbone_weights: str | None = setting(
+        None, "torchvision ResNet-18 weights file the original networks start from (the "
+              "paper: ImageNet, resnet18-f37072fd.pth); part of the stage keys")
+    seeds: int = setting(1, "repeat Tables 1-2 and the sweep for seeds seed..seed+N-1 and "
+                            "report mean and std (default 1, at most 100)")
+    audit_zoo: str = setting("full", "attacker zoo of the audit column in Tables 1-2 (default "
+                                     "full, the headline; the demo and smoke presets use quick, "
+                                     "a preview; none leaves the column out)",
+                             choices=("quick", "full", "none"))
     # Share of the train split carved out for the audit's attackers before anything is trained
     # (docs/design.md §5); 0, or a data set with its own attacker split, carves nothing.
-    attacker_share: float = 0.2
-    vib_channels: int = VIB_CHANNELS  # the vib defence's code channels
+    attacker_share: float = setting(
+        0.2, "share of the train split carved out for the audit's attackers before any "
+             "training (default 0.2, at most 0.5; 0: none, the audit cross-fits on the test "
+             "rows); a data set's own attacker split is used as it is")
+    vib_channels: int = setting(VIB_CHANNELS, "the vib and vib+leace defences' code channels "
+                                              f"(default {VIB_CHANNELS})",
+                                flag="--bottleneck-channels")
     audit_mdl: bool = False  # add the online description length to the audit column
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=200))
-    adversary_epochs: int = 200
-    privacy_epochs: int = 200
+    adversary_epochs: int = setting(200, "adversary epochs")
+    privacy_epochs: int = setting(200, "privacy-preserving network epochs")
     latency_repeats: int = 100
-    latency_precision: str = "fp32"  # Table 3 as in the paper; bf16 is a labelled extra
-    cache_dir: str | None = None
+    latency_precision: str = setting("fp32", "Table 3 precision (default fp32, the paper's)",
+                                     choices=LATENCY_PRECISIONS)
+    cache_dir: str | None = setting(None, "keep decoded images here between runs")
 
     def __post_init__(self) -> None:
         self.data = parse_spec(self.data)

@@ -22,10 +22,16 @@ PRECISIONS = ("auto", "fp32", "bf16")
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 
 
-def _setting(default, help: str, **extra):
-    """A field with its help text (and ``choices``): the command line's options are made from
-    these (:func:`privatenet.cli`), so each setting is declared here once."""
-    return field(default=default, metadata={"help": help, **extra})
+def setting(default=None, help: str = "", *, factory=None, **extra):
+    """A dataclass field declared once with its command-line description: ``help``, and in
+    ``extra`` any of ``choices``, ``flag`` (when not ``--<name>``), ``aliases`` (old spellings),
+    ``type`` (a parser of one value) and ``list`` (``"str"`` or ``"float"``: a comma list). The
+    command line makes its options from these (:mod:`privatenet.cli`); ``factory`` for a
+    mutable default."""
+    metadata = {"help": help, **extra}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -40,26 +46,26 @@ class TrainConfig:
     contiguous elsewhere) and ``compile`` (``torch.compile`` of the forward pass, opt-in).
     """
 
-    epochs: int = _setting(10, "training epochs; the paper trains 200")
-    batch_size: int = _setting(64, "mini-batch size")
-    lr: float = _setting(1e-3, "Adam learning rate; the paper's is 1e-3")
-    weight_decay: float = _setting(1e-4, "Adam weight decay; the public scripts' is 1e-4")
-    lr_decay: float = _setting(0.9, "exponential learning-rate decay per epoch; the "
-                                    "public scripts' is 0.9")
-    seed: int = _setting(0, "seed: one seed gives the same numbers on CPU")
-    augment: bool = _setting(True, "the public augmentation recipe (flip or Gaussian noise "
-                                   "with p=0.5, random erasing 2-10%)")
-    device: str = _setting("auto", "auto (CUDA when present, with bf16 autocast), cpu, or "
-                                   "cuda[:N]")
-    eval_batch_size: int = _setting(256, "batch size of evaluation and feature extraction")
-    precision: str = _setting("auto", "training precision: auto is bf16 autocast on CUDA and "
-                                      "fp32 on CPU; bf16 on a CPU pays only with native bf16 "
-                                      "('privatenet bench' measures it)", choices=PRECISIONS)
-    memory_format: str = _setting("auto", "layout of images and convolution weights: auto is "
-                                           "channels_last on CUDA, contiguous on CPU",
-                                  choices=MEMORY_FORMATS)
-    compile: bool = _setting(False, "compile the training forward pass with torch.compile "
-                                    "(slow to start; pays on long runs)")
+    epochs: int = setting(10, "training epochs; the paper trains 200")
+    batch_size: int = setting(64, "mini-batch size")
+    lr: float = setting(1e-3, "Adam learning rate; the paper's is 1e-3")
+    weight_decay: float = setting(1e-4, "Adam weight decay; the public scripts' is 1e-4")
+    lr_decay: float = setting(0.9, "exponential learning-rate decay per epoch; the "
+                                   "public scripts' is 0.9")
+    seed: int = setting(0, "seed: one seed gives the same numbers on CPU")
+    augment: bool = setting(True, "the public augmentation recipe (flip or Gaussian noise "
+                                  "with p=0.5, random erasing 2-10%)")
+    device: str = setting("auto", "auto (CUDA when present, with bf16 autocast), cpu, or "
+                                  "cuda[:N]")
+    eval_batch_size: int = setting(256, "batch size of evaluation and feature extraction")
+    precision: str = setting("auto", "training precision: auto is bf16 autocast on CUDA and "
+                                     "fp32 on CPU; bf16 on a CPU pays only with native bf16 "
+                                     "('privatenet bench' measures it)", choices=PRECISIONS)
+    memory_format: str = setting("auto", "layout of images and convolution weights: auto is "
+                                         "channels_last on CUDA, contiguous on CPU",
+                                 choices=MEMORY_FORMATS)
+    compile: bool = setting(False, "compile the training forward pass with torch.compile "
+                                   "(slow to start; pays on long runs)")
 
     def __post_init__(self) -> None:
         for name, low in (("epochs", 1), ("batch_size", 2), ("eval_batch_size", 1)):
