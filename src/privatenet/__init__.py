@@ -77,9 +77,9 @@ __all__ = [
     "hsic_loss",
     "leakage",
     "list_models",
+    "load_dataset",
     "make_private",
     "register_model",
-    "load_dataset",
     "tap_shapes",
     "with_taps",
 ]
