@@ -66,12 +66,20 @@ class _Parser(argparse.ArgumentParser):
 
 # ---------------------------------------------------------------- argument groups
 
-def _model_name(value: str) -> str:
-    """A registry model name or ``torchvision:NAME``, else argparse's one-line error."""
-    try:
-        return check_model_name(value)
-    except PrivatenetError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+def _argparse_type(check):
+    """``check`` (a library check that returns the value or raises PrivatenetError) as an
+    argparse type: its error becomes argparse's (and a config file's) one-line error."""
+    def parse(value: str):
+        try:
+            return check(value)
+        except PrivatenetError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = check.__name__
+    return parse
+
+
+#: A registry model name or ``torchvision:NAME``.
+_model_name = _argparse_type(check_model_name)
 
 
 def _audited_args(g):
@@ -145,7 +153,8 @@ def _setting_args(g, cls, names: tuple[str, ...], *, defaults: dict | None = Non
                            default=None if unset else False,
                            help=f"turn off {help}" if f.default is True else help)
         else:
-            parse = f.metadata.get("type", _TYPES.get(f.type.split(" |")[0], str))
+            parse = (_argparse_type(f.metadata["type"]) if "type" in f.metadata
+                     else _TYPES.get(f.type.split(" |")[0], str))
             g.add_argument(flag, *f.metadata.get("aliases", ()), dest=dest,
                            type=str if "list" in f.metadata else parse, default=default,
                            choices=f.metadata.get("choices"), help=help)

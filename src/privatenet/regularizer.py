@@ -232,9 +232,7 @@ class PrivacyRegularizer(nn.Module):
         ``features``: (N, *tap_shape), attached to the encoder's graph; ``private``: (N,) class
         indices, -1 for unknown (those rows are dropped; none left gives 0).
         """
-        if features.shape[0] != private.shape[0]:
-            raise PrivatenetError(f"{features.shape[0]} feature rows for {private.shape[0]} "
-                                  "private labels; pass one label per row (-1 if unknown)")
+        _check_rows(features, private)
         private = private.to(features.device)
         known = private != MISSING  # rows with an unknown attribute get no privacy term
         if not bool(known.all()):
@@ -346,6 +344,22 @@ class PrivacyRegularizer(nn.Module):
         return self
 
 
+def _as_it_is(adversary: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """``adversary``'s output on the encoder's ``features`` as the adversary is before its step:
+    in eval mode, so that the encoder's step does not move its batch-norm statistics, and on a
+    copy of its weights, so that its own step (in place) cannot invalidate the graph the
+    caller's backward() still needs."""
+    state = {k: v.detach().clone() for k, v in adversary.state_dict().items()}
+    adversary.eval()
+    return functional_call(adversary, state, (features,))
+
+
+def _check_rows(features: torch.Tensor, private: torch.Tensor) -> None:
+    if features.shape[0] != private.shape[0]:
+        raise PrivatenetError(f"{features.shape[0]} feature rows for {private.shape[0]} "
+                              "private labels; pass one label per row (-1 if unknown)")
+
+
 def _check_num_classes(num_classes: Any) -> int:
     if not is_int(num_classes) or num_classes < 2:
         raise PrivatenetError(f"num_classes={num_classes!r} is invalid; give the number of "
@@ -415,13 +429,7 @@ class AlternatingRegularizer(AdversaryRegularizer):
     def _term(self, features: torch.Tensor, private: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super()._term(features, private)
-        # The encoder is scored against the adversary as it is before its step, in eval mode
-        # so that the encoder's step does not move its batch-norm statistics. The adversary's
-        # weights are copied for that graph, so its own step (in place) cannot invalidate the
-        # graph that the caller's backward() still needs.
-        state = {k: v.detach().clone() for k, v in self.adversary.state_dict().items()}
-        self.adversary.eval()
-        priv = self.criterion(functional_call(self.adversary, state, (features,)), private)
+        priv = self.criterion(_as_it_is(self.adversary, features), private)
         self._keep_for_step(features, private)
         return priv
 
@@ -562,13 +570,7 @@ class EnsembleRegularizer(PrivacyRegularizer):
         members = self.ensemble.members
         if not self.training:
             return torch.stack([confusion_loss(m(features)) for m in members]).mean()
-        # As in the alternating update: each member scores the encoder as it is before its
-        # step, in eval mode, on copied weights that the in-place step cannot touch.
-        terms = []
-        for m in members:
-            state = {k: v.detach().clone() for k, v in m.state_dict().items()}
-            m.eval()
-            terms.append(confusion_loss(functional_call(m, state, (features,))))
+        terms = [confusion_loss(_as_it_is(m, features)) for m in members]
         self._keep_for_step(features, private)
         return torch.stack(terms).mean()
 
@@ -651,9 +653,7 @@ class VibRegularizer(PrivacyRegularizer):
         return {"channels": b.channels, "shape": list(b.shape), "kl": "mean nats per code number"}
 
     def privacy_term(self, features: torch.Tensor, private: torch.Tensor) -> torch.Tensor:
-        if features.shape[0] != private.shape[0]:
-            raise PrivatenetError(f"{features.shape[0]} feature rows for {private.shape[0]} "
-                                  "private labels; pass one label per row (-1 if unknown)")
+        _check_rows(features, private)
         kl = self._bottleneck[0].last_kl
         if kl is None:
             raise PrivatenetError("loss='vib': the bottleneck has no KL term from this forward "

@@ -173,11 +173,11 @@ DEFENCE_HELP = {
     "vib+leace": "vib training, then LEACE on its noisy code, which has far fewer numbers than "
                  "the train split has rows, so the erasure holds on fresh rows too",
 }
-#: Defences that erase the tap after (any) training with the privacy term.
-ERASING = ("leace", "hsic+leace", "vib+leace")
 #: The erasing defences that train with a privacy term first, and that term. They split the
 #: control's epochs between the two steps, so every defence gets the same training budget.
 TRAINED_THEN_ERASED = {"hsic+leace": "hsic", "vib+leace": "vib"}
+#: Defences that erase the tap after (any) training with the privacy term.
+ERASING = ("leace", *TRAINED_THEN_ERASED)
 #: The defences that put a noisy bottleneck at the tap (and take ``channels``).
 BOTTLENECKED = ("vib", "vib+leace")
 
