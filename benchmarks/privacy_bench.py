@@ -48,7 +48,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from privatenet.app.jobs import DEFENCES, load_model
+from privatenet.app.defences import DEFENCES
+from privatenet.app.jobs import load_model
 from privatenet.app.protocol import protocol_data, reproduce, resolve_config
 from privatenet.auditing import audit
 from privatenet.data.base import ATTACKER_SPLIT, MISSING

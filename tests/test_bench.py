@@ -142,7 +142,7 @@ def no_measure(monkeypatch):
     """``measure`` that fails the test if called: a refusal must come before any timing."""
     def called(**kwargs):
         raise AssertionError("measure ran before the output file was checked")
-    monkeypatch.setattr("privatenet.cli.measure", called)  # where the command calls it
+    monkeypatch.setattr("privatenet.app.bench_job.measure", called)  # where the job calls it
 
 
 def _run_folder(tmp_path):
@@ -238,6 +238,6 @@ def test_left_out_variants_are_printed(tiny, monkeypatch, tmp_path, capsys):
     result = dict(tiny[0], skipped={"bf16": "this CPU has no native bf16 (why)"})
     assert "left out bf16 (ours, bf16 autocast): this CPU has no native bf16 (why)" in \
         format_table(result).splitlines()
-    monkeypatch.setattr("privatenet.cli.measure", lambda **kw: result)
+    monkeypatch.setattr("privatenet.app.bench_job.measure", lambda **kw: result)
     assert main(["bench", "--device", "cpu", "--out", str(tmp_path / "b.json")]) == 0
     assert "left out bf16 (ours, bf16 autocast)" in capsys.readouterr().out

@@ -124,7 +124,7 @@ def test_train_then_attack_and_audit_a_vib_network(tmp_path, make_manifest, caps
     with pytest.raises(PrivatenetError, match="vib bottleneck.*not implemented"):
         check_split(net, tap="backbone")
     with pytest.raises(PrivatenetError,
-                       match="channels= applies to the vib and vib.leace defences only"):
+                       match="bottleneck_channels=4 applies to defence vib or vib.leace only"):
         train_job(data=data, out=tmp_path / "x", model="small_cnn", target="emotion",
                   config=CFG, init_from=original,
                   privacy={**privacy, "loss": "hsic"})

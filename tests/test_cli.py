@@ -236,8 +236,8 @@ def test_the_old_spellings_of_renamed_options_still_parse_the_same(new, old):
 
 def test_reproduce_takes_its_data_from_a_preset_that_names_it(tmp_path, capsys, monkeypatch):
     seen = []
-    monkeypatch.setattr("privatenet.cli._print_plan", lambda config, out: seen.append(config)
-                        or 0)
+    monkeypatch.setattr("privatenet.app.protocol.plan", lambda config, out: seen.append(config))
+    monkeypatch.setattr("privatenet.app.summaries.plan_text", lambda p: "")
     assert main(["reproduce", "--preset", "demo", "--dry-run", "--out", str(tmp_path / "r")]) == 0
     assert str(seen[0].data).startswith("synthfaces:n=3000")
     for argv in (["--preset", "paper"], []):  # the paper's data is the user's to give
@@ -249,12 +249,13 @@ def test_reproduce_takes_its_data_from_a_preset_that_names_it(tmp_path, capsys, 
 def test_training_options_are_made_from_the_train_config_declaration():
     from dataclasses import fields
 
-    from privatenet.cli import OPTIM, SPEED, _options, _subparsers, build_parser
+    from privatenet.cli import OPTIM, SPEED, build_parser
+    from privatenet.options import given, options, subparsers
     from privatenet.train.config import TrainConfig
 
-    commands = _subparsers(build_parser())
+    commands = subparsers(build_parser())
     declared = {f.name: f for f in fields(TrainConfig)}
-    train, attack = _options(commands["train"]), _options(commands["attack"])
+    train, attack = options(commands["train"]), options(commands["attack"])
     for name in OPTIM + SPEED:
         dest = f"no_{name}" if declared[name].default is True else name
         help = declared[name].metadata["help"].replace("%", "%%")
@@ -265,9 +266,7 @@ def test_training_options_are_made_from_the_train_config_declaration():
     assert train["precision"].default is None  # unset: the library's auto
     args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--no-augment",
                                       "--lr", "0.01", "--precision", "fp32"])
-    from privatenet.cli import _train_config
-
-    config = _train_config(args)
+    config = TrainConfig(**given(args, TrainConfig, OPTIM + SPEED))
     assert (config.augment, config.lr, config.precision, config.batch_size) == (
         False, 0.01, "fp32", 64)
 
@@ -276,19 +275,20 @@ def test_reproduce_options_are_made_from_the_protocol_declaration(tmp_path, monk
     from dataclasses import fields
 
     from privatenet.app.protocol import ProtocolConfig
-    from privatenet.cli import PROTOCOL, _options, _subparsers, build_parser
+    from privatenet.cli import PROTOCOL, build_parser
+    from privatenet.options import options, subparsers
 
-    options = _options(_subparsers(build_parser())["reproduce"])
+    opts = options(subparsers(build_parser())["reproduce"])
     declared = {f.name: f for f in fields(ProtocolConfig)}
     for name in PROTOCOL:
         f = declared[name]
         flag = f.metadata.get("flag", f"--{name.replace('_', '-')}")
-        action = next(a for a in options.values() if flag in a.option_strings)
+        action = next(a for a in opts.values() if flag in a.option_strings)
         assert f.metadata["help"].replace("%", "%%") in action.help and action.default is None
         assert action.choices == f.metadata.get("choices")
     seen = []
-    monkeypatch.setattr("privatenet.cli._print_plan", lambda config, out: seen.append(config)
-                        or 0)
+    monkeypatch.setattr("privatenet.app.protocol.plan", lambda config, out: seen.append(config))
+    monkeypatch.setattr("privatenet.app.summaries.plan_text", lambda p: "")
     assert main(["reproduce", "--preset", "smoke", "--data", "synthfaces:n=40,size=32",
                  "--defences", "vib,leace", "--lambdas", "0,0.5", "--taps", "backbone",
                  "--private", "age", "--bottleneck-channels", "8", "--adversary-update",

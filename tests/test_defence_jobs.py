@@ -171,7 +171,7 @@ def test_backbone_weights_are_loaded_fingerprinted_and_not_kept_in_the_config(
 def test_paper_preset_without_backbone_weights_warns(caplog, tmp_path):
     resolve_config("paper", {})
     assert "cannot be the paper's" in caplog.text
-    with pytest.raises(PrivatenetError, match="no such file"):
+    with pytest.raises(PrivatenetError, match="missing.pth' is no file"):
         resolve_config("paper", {"backbone_weights": str(tmp_path / "missing.pth")})
     with pytest.raises(PrivatenetError, match="takes no backbone weights"):
         resolve_config("smoke", {"backbone_weights": __file__})

@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 #: Bottom to top. A module belongs to the first entry that is it or a package above it.
 LAYERS = (
     ("base", ("privatenet.errors", "privatenet.version", "privatenet.checks", "privatenet.runfiles",
-              "privatenet.readers", "privatenet.storage")),
+              "privatenet.readers", "privatenet.storage", "privatenet.settings")),
     ("data", ("privatenet.data",)),
     ("models", ("privatenet.models",)),
     ("method", ("privatenet.losses", "privatenet.metrics", "privatenet.regularizer",
@@ -21,7 +21,9 @@ LAYERS = (
     ("audit and deployment", ("privatenet.auditing", "privatenet.export", "privatenet.bench",
                               "privatenet.video")),
     ("application", ("privatenet.app",)),
-    ("interface", ("privatenet.cli", "privatenet.__main__", "privatenet")),
+    ("interface", ("privatenet.cli", "privatenet.options", "privatenet.console",
+                   "privatenet.__main__",
+                   "privatenet")),
 )
 
 

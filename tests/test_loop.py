@@ -102,7 +102,7 @@ def test_kill_and_resume_equals_uninterrupted_run(tiny_split, tmp_path):
     with pytest.raises(Killed):
         fit(model=part, train=tiny_split, target="emotion", config=TrainConfig(**CFG),
             run_dir=tmp_path / "part", callbacks=Callbacks(on_epoch=kill_after_first))
-    with pytest.raises(PrivatenetError, match="resume=True"):
+    with pytest.raises(PrivatenetError, match="pass resume=True to continue"):
         fit(model=_model(), train=tiny_split, target="emotion", config=TrainConfig(**CFG),
             run_dir=tmp_path / "part")
     resumed = _model(seed=123)  # other initial weights: everything must come from the checkpoint

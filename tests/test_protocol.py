@@ -151,7 +151,7 @@ def test_resolve_config_checks_values():
         resolve_config("fast", {})
     with pytest.raises(PrivatenetError, match="outside"):
         resolve_config("smoke", {"lambdas": [0.0, 2.0]})
-    with pytest.raises(PrivatenetError, match="unknown defence"):
+    with pytest.raises(PrivatenetError, match="defence='mine' is unknown"):
         resolve_config("smoke", {"losses": ["mine"]})
     paper = resolve_config("paper", {})
     assert (paper.model, paper.image_size, paper.train.epochs, paper.train.lr) == (
@@ -167,7 +167,7 @@ def test_resolve_config_checks_values():
 
 
 def test_resolve_config_refuses_empty_or_repeated_lists_bad_taps_and_seed_counts():
-    from privatenet.auditing import check_audit_settings
+    from privatenet.auditing import AuditConfig
 
     for key, value, needle in (
             ("lambdas", [], "lambdas list is empty"), ("taps", [], "taps list is empty"),
@@ -182,7 +182,7 @@ def test_resolve_config_refuses_empty_or_repeated_lists_bad_taps_and_seed_counts
     with pytest.raises(PrivatenetError, match="reaches seed 4294967296"):
         resolve_config("smoke", {"seed": 2**32 - 1, "seeds": 2})
     with pytest.raises(PrivatenetError, match="1..100"):
-        check_audit_settings(zoo="quick", seeds=10**9)
+        AuditConfig(zoo="quick", seeds=10**9)
 
 
 def test_reproduce_checks_splits_and_columns_before_its_folder_exists(tmp_path, make_manifest):

@@ -13,7 +13,7 @@ from PIL import Image
 from privatenet import cli
 from privatenet.cli import main
 from privatenet.data.cache import decode_images
-from privatenet.errors import PrivatenetError
+from privatenet.errors import PrivatenetError, SettingError
 from privatenet.train import distributed
 from privatenet.train.config import TrainConfig, check_compiler
 
@@ -69,7 +69,7 @@ def test_compile_without_a_compiler_on_the_command_line(capsys, tmp_path, monkey
 
 
 def _refuse_compile():
-    raise PrivatenetError("compile=True needs a working C++ compiler for torch.compile (none)")
+    raise SettingError("compile", True, "needs a working C++ compiler for torch.compile (none)")
 
 
 # 13, 14: torch's own failures that a user can mend become one line with the fix

@@ -228,9 +228,9 @@ def test_reproduce_refuses_bad_lists_taps_and_columns_before_its_folder_exists(d
             ("--private", "age,age", "twice"), ("--losses", "leace,leace", "twice"),
             ("--taps", "arm", "no tap 'arm'"), ("--private", "race", "'race'"),
             ("--target", "mood", "'mood'"), ("--attacker-share", "0.9", "0..0.5"),
-            ("--bottleneck-channels", "0", "channels=0"),
+            ("--bottleneck-channels", "0", "--bottleneck-channels 0 is invalid"),
             # 40 train rows: a fifth of them is too few for an audit's attacker
-            ("--attacker-share", "0.2", "attacker-share (now 0.2)")):
+            ("--attacker-share", "0.2", "--attacker-share 0.2 leaves too few rows")):
         _fails(capsys, _reproduce(csv, out, option, value), needle)
         assert not out.exists()
 

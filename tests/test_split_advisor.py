@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from privatenet.app.advisor import advise, check_tolerance, split_advice_job
+from privatenet.app.advisor import AdviceConfig, advise, split_advice_job
 from privatenet.app.jobs import train_job
 from privatenet.cli import main
 from privatenet.data import load_dataset
@@ -27,7 +27,7 @@ def test_the_advice_is_the_smallest_trusted_part_within_the_tolerance():
     assert advise(rows, tolerance=0.30) == "late"
     for bad in (-0.1, 1.5, True, "0.05"):
         with pytest.raises(PrivatenetError, match="tolerance="):
-            check_tolerance(bad)
+            AdviceConfig(tolerance=bad)
 
 
 def test_every_tap_is_audited_and_costed(tmp_path, make_manifest, capsys):

@@ -45,14 +45,16 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from privatenet.checks import is_int
 from privatenet.data.base import MISSING
-from privatenet.errors import PrivatenetError
+from privatenet.errors import PrivatenetError, SettingError
 from privatenet.metrics import leakage
+from privatenet.settings import setting
 from privatenet.train.config import TrainConfig, check_seeds
 from privatenet.train.loop import Callbacks, fit_adversary, predict_features
 
-__all__ = ["ATTACKERS", "AUDIT_PROTOCOL", "CURVE", "ZOOS", "audit", "balanced_leakage",
-           "check_audit_rows", "check_audit_settings", "online_codelength"]
+__all__ = ["ATTACKERS", "AUDIT_PROTOCOL", "CURVE", "ZOOS", "AuditConfig", "audit",
+           "balanced_leakage", "check_audit_rows", "online_codelength"]
 
 log = logging.getLogger(__name__)
 
@@ -479,18 +481,34 @@ def online_codelength(features, labels, *, num_classes: int, seed: int = 0,
             "C": best_c}
 
 
-def check_audit_settings(*, zoo: str, seeds: int, folds: int = 5,
-                         val_fraction: float = 0.2) -> None:
-    """One-line errors for an unknown zoo, a seed count outside 1..``MAX_SEEDS``
-    (:func:`~privatenet.train.config.check_seeds`), a fold count outside 2..20 or a validation
-    fraction outside [0.05, 0.5] (callers check before they write anything)."""
-    if zoo not in ZOOS:
-        raise PrivatenetError(f"zoo={zoo!r} is unknown; use one of {', '.join(ZOOS)}")
-    check_seeds(seeds)
-    if isinstance(folds, bool) or not isinstance(folds, int) or not 2 <= folds <= 20:
-        raise PrivatenetError(f"folds={folds!r} is invalid; give an integer in 2..20")
-    if not 0.05 <= val_fraction <= 0.5:
-        raise PrivatenetError(f"val_fraction={val_fraction!r} is outside [0.05, 0.5]")
+@dataclass
+class AuditConfig:
+    """The settings of one audit, checked on creation (callers build it before they read data
+    or write anything): the zoo, the seeds (1..``MAX_SEEDS``,
+    :func:`~privatenet.train.config.check_seeds`), the folds of a cross-fitted audit and the
+    attackers' validation share."""
+
+    zoo: str = setting("full", "full (the headline): logistic, kNN, boosted trees, an MLP, the "
+                               "model's adversary head for the tap retrained and a deeper conv "
+                               "head on maps; quick: logistic, kNN, boosted trees (a preview)",
+                       choices=tuple(ZOOS))
+    seeds: int = setting(1, "seeds of the folds, validation parts and attackers (mean and std)")
+    folds: int = setting(5, "folds of the test split when the data has no 'attacker' split")
+    val_fraction: float = 0.2
+    in_sample: bool = setting(False, "add a column of attackers trained on the network's own "
+                                     "train rows (labelled: what an audit on defender rows "
+                                     "would wrongly report)")
+
+    def __post_init__(self) -> None:
+        if self.zoo not in ZOOS:
+            raise SettingError("zoo", self.zoo, f"is unknown; use one of {', '.join(ZOOS)}")
+        check_seeds(self.seeds)
+        if not is_int(self.folds) or not 2 <= self.folds <= 20:
+            raise SettingError("folds", self.folds, "is invalid; give an integer in 2..20")
+        if not 0.05 <= self.val_fraction <= 0.5:
+            raise SettingError("val_fraction", self.val_fraction, "is outside [0.05, 0.5]")
+        if not isinstance(self.in_sample, bool):
+            raise SettingError("in_sample", self.in_sample, "is invalid; give True or False")
 
 
 def check_audit_rows(labels, *, what: str) -> None:
@@ -557,11 +575,11 @@ def audit(*, scoring, attacker=None, in_sample=None, num_classes: int, zoo: str 
     majority, 1/K, both leakage figures, their larger (``leakage``), AUROC (binary) and the
     learning curve; ``worst`` holds the largest of each over the zoo and ``still_rising``.
     """
-    check_audit_settings(zoo=zoo, seeds=seeds, folds=folds, val_fraction=val_fraction)
+    AuditConfig(zoo=zoo, seeds=seeds, folds=folds, val_fraction=val_fraction)
     if not isinstance(curve, (tuple, list)) or not all(
             isinstance(s, float) and 0.0 < s < 1.0 for s in curve):
-        raise PrivatenetError(f"curve={curve!r} is invalid; give shares in (0, 1), e.g. "
-                              "(0.25, 0.5), or () for none")
+        raise SettingError("curve", curve, "is invalid; give shares in (0, 1), e.g. "
+                                           "(0.25, 0.5), or () for none")
     curve = tuple(sorted(curve))
     keep_s, xs, ys = _labelled(scoring, "scoring", num_classes)
     fresh = attacker is not None

@@ -41,13 +41,14 @@ import torchvision
 from torch import nn
 
 from privatenet.data.spec import check_image_size
-from privatenet.errors import PrivatenetError
+from privatenet.errors import PrivatenetError, SettingError
 from privatenet.models import create_model, model_options
 from privatenet.models.arm import arm_map_side, resnet_map_side
 from privatenet.models.registry import check_model_name
 from privatenet.runfiles import MARKER as RUN_MARKER
+from privatenet.settings import same_setting, setting
 from privatenet.storage import read_json
-from privatenet.train.config import bf16_native, resolve_device
+from privatenet.train.config import TrainConfig, bf16_native, resolve_device
 
 __all__ = ["KIND", "VARIANTS", "PublicAmend", "PublicRes18Feature", "check_out_file",
            "environment", "format_table", "measure"]
@@ -260,13 +261,6 @@ class _Variant:
 # -------------------------------------------------------------------------------- arguments
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    # bool is an Integral, but steps=True is a mistake, not 1 step
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise PrivatenetError(f"{name}={value!r} is invalid; give an integer >= {minimum}")
-    return int(value)
-
-
 def _left_out(dev: torch.device, compile: bool) -> dict[str, str]:
     """The variants a default run leaves out on ``dev``, each with the reason."""
     skipped = {}
@@ -295,8 +289,8 @@ def _check_variants(variants: Any, model: str, compile: bool,
     if isinstance(variants, str):  # "fp32,bf16" as on a command line
         variants = [v.strip() for v in variants.split(",") if v.strip()]
     if not isinstance(variants, Iterable):
-        raise PrivatenetError(f"variants={variants!r} is invalid; give a list of variant names "
-                              f"from {', '.join(VARIANTS)}")
+        raise SettingError("variants", variants, f"is invalid; give a list of variant names "
+                                                 f"from {', '.join(VARIANTS)}")
     chosen = list(variants)
     for v in chosen:
         if v not in VARIANTS:
@@ -308,12 +302,46 @@ def _check_variants(variants: Any, model: str, compile: bool,
             raise PrivatenetError("variant 'compile' needs compile=True (--compile); add it or "
                                   "drop the variant")
     if not chosen:
-        raise PrivatenetError(f"variants={variants!r} is empty; give at least one of "
-                              f"{', '.join(applicable)}")
+        raise SettingError("variants", variants, f"is empty; give at least one of "
+                                                 f"{', '.join(applicable)}")
     return [k for k in VARIANTS if k in chosen], {}  # run and report in the one fixed order
 
 
 # ---------------------------------------------------------------------------------- measure
+
+
+@dataclass
+class BenchConfig:
+    """What :func:`measure` times (the same names), checked on creation."""
+
+    model: str = setting("arm_resnet18", "network (arm_resnet18 is the paper's)",
+                         type=check_model_name)
+    image_size: int = setting(224, "input side in pixels")
+    batch_size: int = setting(32, "training batch")
+    device: str = same_setting(TrainConfig, "device", "auto")
+    steps: int = setting(10, "timed training steps per variant")
+    warmup: int = setting(2, "untimed steps before timing")
+    latency_iters: int = setting(20, "timed batch-1 inferences per variant")
+    compile: bool = setting(False, "also time torch.compile")
+
+    def __post_init__(self) -> None:
+        check_model_name(self.model)
+        if self.image_size is None:
+            raise SettingError("image_size", None, "is missing; give the input side in pixels")
+        self.image_size = check_image_size(self.image_size)
+        for name, minimum in (("batch_size", 2),  # parity and BatchNorm need two images
+                              ("steps", 1), ("warmup", 0), ("latency_iters", 1)):
+            value = getattr(self, name)
+            # bool is an Integral, but steps=True is a mistake, not 1 step
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (
+                    value < minimum):
+                raise SettingError(name, value, f"is invalid; give an integer >= {minimum}")
+            setattr(self, name, int(value))
+        if not isinstance(self.compile, bool):
+            raise SettingError("compile", self.compile, "is invalid; give True or False")
+        if not isinstance(self.device, str):
+            raise SettingError("device", self.device, "is invalid; use auto, cpu or cuda[:N]")
+        resolve_device(self.device)
 
 
 def measure(*, model: str = "arm_resnet18", image_size: int = 224, batch_size: int = 32,
@@ -323,7 +351,8 @@ def measure(*, model: str = "arm_resnet18", image_size: int = 224, batch_size: i
             on_progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Time training and batch-1 inference of ``model``'s variants; return a JSON-able dict.
 
-    Every argument is checked first; a bad one raises :class:`PrivatenetError` naming it.
+    Every argument is checked first (:class:`BenchConfig`, then the variants against the
+    device); a bad one raises :class:`PrivatenetError` naming it.
     ``variants`` are keys of :data:`VARIANTS`; ``public`` needs ``model="arm_resnet18"``,
     ``compile`` needs ``compile=True``. The default is all that apply and can pay on the
     device: without native bf16 (:func:`privatenet.train.config.bf16_native`) the bf16 variants
@@ -359,23 +388,16 @@ def measure(*, model: str = "arm_resnet18", image_size: int = 224, batch_size: i
     images/s), ``recommendation``, ``notes`` (a list of strings) and ``skipped`` (the variants
     a default run left out, key -> reason; empty when ``variants`` was given).
     """
-    check_model_name(model)
-    image_size = check_image_size(image_size)
-    if image_size is None:
-        raise PrivatenetError("image_size=None; give the input side in pixels")
-    batch_size = _check_int("batch_size", batch_size, 2)  # parity and BatchNorm need two images
-    steps = _check_int("steps", steps, 1)
-    warmup = _check_int("warmup", warmup, 0)
-    latency_iters = _check_int("latency_iters", latency_iters, 1)
-    if not isinstance(compile, bool):
-        raise PrivatenetError(f"compile={compile!r} is invalid; give True or False")
-    if not isinstance(device, (str, torch.device)):
-        raise PrivatenetError(f"device={device!r} is invalid; use auto, cpu or cuda[:N]")
-    dev = resolve_device(str(device))
+    c = BenchConfig(model=model, image_size=image_size, batch_size=batch_size,
+                    device=str(device) if isinstance(device, torch.device) else device,
+                    steps=steps, warmup=warmup, latency_iters=latency_iters, compile=compile)
+    model, image_size, batch_size, steps, warmup, latency_iters, compile = (
+        c.model, c.image_size, c.batch_size, c.steps, c.warmup, c.latency_iters, c.compile)
+    dev = resolve_device(c.device)
     keys, skipped = _check_variants(variants, model, compile, dev)
     if on_progress is not None and not callable(on_progress):
-        raise PrivatenetError(f"on_progress={on_progress!r} is not callable; give a function "
-                              "(stage, done, total) or None")
+        raise SettingError("on_progress", on_progress, "is not callable; give a function "
+                                                       "(stage, done, total) or None")
     progress = on_progress or (lambda stage, done, total: None)
 
     # a fixed seed for the inputs and the weights, without changing the caller's RNG state

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from privatenet.errors import PrivatenetError
+from privatenet.errors import PrivatenetError, SettingError
 from privatenet.models.registry import inner_from_config, register_wrapper
 from privatenet.models.taps import TapWrapper, tap_layer, tap_shapes, wrapped_image_size
 
@@ -60,8 +60,8 @@ def check_channels(channels: object) -> int:
     """``channels`` if it is an integer >= 1, else a one-line :class:`PrivatenetError` (the
     tap's own width bounds it from above when the bottleneck is built)."""
     if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-        raise PrivatenetError(f"bottleneck channels={channels!r} is invalid; give an integer "
-                              ">= 1, at most the tap's channels")
+        raise SettingError("bottleneck_channels", channels, "is invalid; give an integer >= 1, "
+                                                            "at most the tap's channels")
     return channels
 
 

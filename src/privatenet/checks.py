@@ -1,14 +1,14 @@
 """Checks of plain values that several layers share (a bottom-layer module, docs/design.md §4).
 
-Each returns the value, or raises a one-line :class:`PrivatenetError` that names it and says
-what to give instead.
+Each returns the value, or raises a one-line :class:`~privatenet.errors.SettingError` that
+names it and says what to give instead.
 """
 
 from __future__ import annotations
 
 import numbers
 
-from privatenet.errors import PrivatenetError
+from privatenet.errors import SettingError
 
 __all__ = ["MAX_SEED", "check_seed", "is_int"]
 
@@ -27,5 +27,5 @@ def check_seed(value: object, *, name: str = "seed") -> int:
     """``value`` as an int in [0, :data:`MAX_SEED`]; ``name`` is how the user wrote it
     (``seed``, ``synthfaces:seed``)."""
     if not is_int(value) or not 0 <= value <= MAX_SEED:
-        raise PrivatenetError(f"{name}={value!r} is invalid; give an integer in [0, {MAX_SEED}]")
+        raise SettingError(name, value, f"is invalid; give an integer in [0, {MAX_SEED}]")
     return int(value)

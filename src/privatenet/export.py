@@ -44,7 +44,7 @@ from torch import nn
 from privatenet.bottleneck import TapBottleneck
 from privatenet.data.spec import check_image_size
 from privatenet.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
-from privatenet.errors import PrivatenetError
+from privatenet.errors import PrivatenetError, SettingError
 from privatenet.models.taps import tap_layer
 from privatenet.storage import atomic_write_bytes
 
@@ -232,7 +232,7 @@ def split_costs(model: nn.Module, *, image_size: int, repeats: int = 20) -> list
         raise PrivatenetError(f"image_size=None; give the side of the images model {name!r} "
                               "takes")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise PrivatenetError(f"repeats={repeats!r} is invalid; give an integer >= 1")
+        raise SettingError("repeats", repeats, "is invalid; give an integer >= 1")
     net = copy.deepcopy(model).cpu().eval()
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     rows = []

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from privatenet.errors import PrivatenetError
+from privatenet.errors import PrivatenetError, SettingError
 
 __all__ = ["HSIC_BANDWIDTHS", "LOSS_HELP", "PAPER_LOSSES", "PRIVACY_LOSSES", "AdversarialLoss",
            "ConfusionLoss", "DEFAULT_LAM", "adversarial_loss", "check_bandwidths", "check_lam",
@@ -62,8 +62,8 @@ DEFAULT_LAM = 0.5
 def check_lam(lam: float) -> float:
     """``lam`` as a float in [0, 1], else a one-line :class:`PrivatenetError`."""
     if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0.0 <= lam <= 1.0:
-        raise PrivatenetError(f"lam={lam!r} is outside [0, 1]; 0 is the original network, 1 "
-                              "ignores the task")
+        raise SettingError("lam", lam, "is outside [0, 1]; 0 is the original network, 1 "
+                                       "ignores the task")
     return float(lam)
 
 
@@ -141,8 +141,8 @@ def hsic_loss(features: torch.Tensor, private: torch.Tensor, *, num_classes: int
     scalar.
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise PrivatenetError(f"num_classes={num_classes!r} is invalid; give the number of "
-                              "private classes, an integer >= 2")
+        raise SettingError("num_classes", num_classes, "is invalid; give the number of "
+                                                       "private classes, an integer >= 2")
     bandwidths = check_bandwidths(bandwidths)
     if features.shape[0] != private.shape[0]:
         raise PrivatenetError(f"{features.shape[0]} feature rows for {private.shape[0]} "
@@ -180,7 +180,7 @@ def check_bandwidths(bandwidths: Sequence[float]) -> tuple[float, ...]:
         isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) and b > 0
         for b in bandwidths))
     if not ok:
-        raise PrivatenetError(f"bandwidths={bandwidths!r} is invalid; give a non-empty list of "
+        raise SettingError("bandwidths", bandwidths, "is invalid; give a non-empty list of "
                               "positive numbers (multiples of the median distance)")
     return tuple(float(b) for b in bandwidths)
 

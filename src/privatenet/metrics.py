@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from privatenet.data.base import MISSING
-from privatenet.errors import PrivatenetError
+from privatenet.errors import PrivatenetError, SettingError
 from privatenet.models.registry import check_num_classes
 
 __all__ = ["ConfusionMatrix", "Leakage", "bootstrap_ci", "classification_scores", "leakage",
@@ -124,7 +124,7 @@ class Leakage:
     def __init__(self, *, num_classes: int, n_boot: int = 1000, seed: int = 0) -> None:
         self.num_classes = check_num_classes(num_classes, "Leakage")
         if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
-            raise PrivatenetError(f"n_boot={n_boot!r} is invalid; give an integer >= 1")
+            raise SettingError("n_boot", n_boot, "is invalid; give an integer >= 1")
         self.n_boot, self.seed = n_boot, seed
         self.reset()
 

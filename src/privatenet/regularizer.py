@@ -49,7 +49,7 @@ from torch.func import functional_call
 from privatenet.bottleneck import TapBottleneck
 from privatenet.checks import check_seed, is_int
 from privatenet.data.base import MISSING
-from privatenet.errors import PrivatenetError
+from privatenet.errors import PrivatenetError, SettingError
 from privatenet.losses import (
     DEFAULT_LAM,
     HSIC_BANDWIDTHS,
@@ -93,8 +93,8 @@ DEFAULT_REINIT_EVERY = 100
 def check_update(update: str) -> str:
     """``update`` if it is a known adversary update mode, else a one-line error."""
     if update not in ADVERSARY_UPDATES:
-        raise PrivatenetError(f"adversary update {update!r} is unknown; use one of "
-                              f"{', '.join(ADVERSARY_UPDATES)}")
+        raise SettingError("adversary_update", update,
+                           f"is unknown; use one of {', '.join(ADVERSARY_UPDATES)}")
     return update
 
 
@@ -362,8 +362,8 @@ def _check_rows(features: torch.Tensor, private: torch.Tensor) -> None:
 
 def _check_num_classes(num_classes: Any) -> int:
     if not is_int(num_classes) or num_classes < 2:
-        raise PrivatenetError(f"num_classes={num_classes!r} is invalid; give the number of "
-                              "private classes, an integer >= 2")
+        raise SettingError("num_classes", num_classes, "is invalid; give the number of "
+                                                       "private classes, an integer >= 2")
     return num_classes
 
 
@@ -375,9 +375,9 @@ class AdversaryRegularizer(PrivacyRegularizer):
     def __init__(self, adversary: nn.Module | None = None, **kwargs: Any) -> None:
         super().__init__(adversary, **kwargs)
         if adversary is None:
-            raise PrivatenetError(f"loss={self.loss!r} needs an adversary module (e.g. from "
+            raise SettingError("loss", self.loss, "needs an adversary module (e.g. from "
                                   "create_adversary and fit_adversary); or use loss='hsic' or "
-                                  "'ensemble'")
+                                                  "'ensemble'")
         self.criterion = LOSS_MODULES[self.loss]()
         # A copy: the caller's adversary (the known adversary trained on the original network)
         # must stay what it is, whatever this regularizer does to its own.
@@ -477,7 +477,7 @@ class EnsembleRegularizer(PrivacyRegularizer):
         if tap_shape is not None and (
                 not isinstance(tap_shape, (tuple, list)) or not tap_shape
                 or not all(is_int(s) and s >= 1 for s in tap_shape)):
-            raise PrivatenetError(f"tap_shape={tap_shape!r} is invalid; give the tap's shape "
+            raise SettingError("tap_shape", tap_shape, "is invalid; give the tap's shape "
                                   "without the batch dimension, e.g. (512, 7, 7)")
         # Shapes come from the caller or from the known adversary's config; both must agree.
         for name, given in (("num_classes", num_classes), ("tap_shape", tap_shape)):
@@ -494,13 +494,13 @@ class EnsembleRegularizer(PrivacyRegularizer):
         self.tap_shape = tuple(tap_shape if tap_shape is not None else known_config["tap_shape"])
         self.reinit_every = DEFAULT_REINIT_EVERY if reinit_every is None else reinit_every
         if not is_int(self.reinit_every) or self.reinit_every < 0:
-            raise PrivatenetError(f"reinit_every={reinit_every!r} is invalid; give an integer "
-                                  ">= 0 (0 never re-initialises)")
+            raise SettingError("reinit_every", reinit_every, "is invalid; give an integer "
+                                                             ">= 0 (0 never re-initialises)")
         self.seed = check_seed(0 if seed is None else seed)
         specs = DEFAULT_ENSEMBLE if members is None else members
         if isinstance(specs, (str, Mapping)) or not isinstance(specs, Sequence):
-            raise PrivatenetError(f"members={members!r} is invalid; give a list of adversary "
-                                  "kinds or {'kind': ..., **options} dicts")
+            raise SettingError("members", members, "is invalid; give a list of adversary "
+                                                   "kinds or {'kind': ..., **options} dicts")
         self.member_specs = [self._check_member(s) for s in specs]
         if not self.member_specs and adversary is None:
             raise PrivatenetError("loss='ensemble' needs at least one member; give members= "
@@ -674,8 +674,8 @@ def _mode_class(loss: Any, update: Any) -> type[PrivacyRegularizer]:
     check_loss(loss)
     check_update(update)
     if loss in ("ensemble", "hsic", "vib") and update != "fixed":
-        raise PrivatenetError(f"update={update!r} does not apply to loss={loss!r} "
-                              "(it trains no single adversary); drop update=")
+        raise SettingError("update", update, f"does not apply to loss={loss!r} "
+                                             "(it trains no single adversary); drop update=")
     if loss == "ensemble":
         return EnsembleRegularizer
     if loss == "hsic":

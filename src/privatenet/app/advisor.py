@@ -11,26 +11,38 @@ multiply-accumulates in the enclave); none if no cut is within it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from privatenet.app.jobs import audit_job, image_size_of, load_model
 from privatenet.app.report import advice_markdown, plot_split_advice
+from privatenet.checks import is_int
 from privatenet.data.base import Dataset
-from privatenet.errors import PrivatenetError
+from privatenet.errors import PrivatenetError, SettingError
 from privatenet.export import split_costs
+from privatenet.settings import setting
 from privatenet.storage import atomic_write_bytes, atomic_write_text, write_json
 from privatenet.train.config import TrainConfig
 
-__all__ = ["advise", "check_tolerance", "split_advice_job"]
+__all__ = ["AdviceConfig", "advise", "split_advice_job"]
 
 
-def check_tolerance(tolerance: object) -> float:
-    """``tolerance`` as a float in [0, 1] (a gap in normalised leakage), else one line."""
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not (
-            0.0 <= tolerance <= 1.0):
-        raise PrivatenetError(f"tolerance={tolerance!r} is invalid; give the largest gap above "
-                              "the floor you accept, a number in 0..1 (e.g. 0.05)")
-    return float(tolerance)
+@dataclass
+class AdviceConfig:
+    """The split advisor's own settings, checked on creation."""
+
+    tolerance: float = setting(0.05, "largest accepted gap above the floor, in normalised "
+                                     "leakage")
+    repeats: int = setting(20, "timed calls of each part")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, (int, float)) or (
+                not 0.0 <= self.tolerance <= 1.0):
+            raise SettingError("tolerance", self.tolerance, "is invalid; give the largest gap "
+                               "above the floor you accept, a number in 0..1 (e.g. 0.05)")
+        self.tolerance = float(self.tolerance)
+        if not is_int(self.repeats) or self.repeats < 1:
+            raise SettingError("repeats", self.repeats, "is invalid; give an integer >= 1")
 
 
 def advise(rows: list[dict], *, tolerance: float) -> str | None:
@@ -48,7 +60,7 @@ def split_advice_job(*, data: Dataset, model_run: str | Path, attribute: str,
     ``advice.json``, ``advice.md`` and ``advice.png`` (leakage against the trusted part's
     multiply-accumulates, the floor and the tolerance drawn) into ``out``. Returns the advice.
     Rerunning the same call reuses the finished audits."""
-    tolerance = check_tolerance(tolerance)
+    tolerance = AdviceConfig(tolerance=tolerance, repeats=repeats).tolerance
     out = Path(out)
     if out.exists() and not out.is_dir():  # refused before any network is loaded or timed
         raise PrivatenetError(f"{out} is a file, not a folder; choose a folder for the advice")

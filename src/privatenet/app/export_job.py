@@ -24,7 +24,7 @@ import torch
 from privatenet.app.jobs import _model_stem, load_model
 from privatenet.data import load_dataset
 from privatenet.data.cache import check_cache_dir
-from privatenet.errors import PrivatenetError
+from privatenet.errors import PrivatenetError, SettingError
 from privatenet.export import EXPORT_FILES, OPSET, check_split, export_split, require_deploy
 from privatenet.storage import checkpoint_digest, write_json, write_yaml
 from privatenet.train.rundir import open_disposable_run
@@ -41,8 +41,8 @@ _JOB_FILES = ("config.yaml", "results.json")
 def _check_count(check_images: object) -> int:
     if isinstance(check_images, bool) or not isinstance(check_images, int) or not (
             1 <= check_images <= MAX_CHECK_IMAGES):
-        raise PrivatenetError(f"check_images={check_images!r} is invalid; give an integer "
-                              f"1..{MAX_CHECK_IMAGES}")
+        raise SettingError("check_images", check_images, f"is invalid; give an integer "
+                                                         f"1..{MAX_CHECK_IMAGES}")
     return check_images
 
 

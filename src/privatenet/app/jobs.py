@@ -17,15 +17,15 @@ from pathlib import Path
 
 import torch
 
+from privatenet.app.defences import BOTTLENECKED, ERASING, TRAINED_THEN_ERASED, PrivacyConfig
 from privatenet.app.report import audit_markdown, plot_audit
-from privatenet.auditing import AUDIT_PROTOCOL, audit, check_audit_settings
-from privatenet.bottleneck import VIB_CHANNELS, bottleneck_at_tap, check_channels
+from privatenet.auditing import AUDIT_PROTOCOL, AuditConfig, audit
+from privatenet.bottleneck import bottleneck_at_tap
 from privatenet.data.base import ATTACKER_SPLIT, Dataset, Split
 from privatenet.data.labels import EMOTIONS
 from privatenet.data.transforms import normalize
 from privatenet.erasure import erase_at_tap, fit_eraser
-from privatenet.errors import PrivatenetError
-from privatenet.losses import LOSS_HELP, PRIVACY_LOSSES
+from privatenet.errors import PrivatenetError, SettingError
 from privatenet.metrics import leakage
 from privatenet.models import (
     create_adversary,
@@ -160,53 +160,6 @@ def evaluate_adversary(head: torch.nn.Module, model: torch.nn.Module, split: Spl
     return leakage(pred, split.labels[attribute], num_classes=num_classes, seed=config.seed)
 
 
-#: Every defence ``train`` and ``reproduce`` offer (docs/design.md §2.2): the regularizer's
-#: privacy losses, linear concept erasure at the tap, and erasure after HSIC or vib training.
-DEFENCES = (*PRIVACY_LOSSES, "leace", "hsic+leace", "vib+leace")
-#: One line per defence, for the command line's help.
-DEFENCE_HELP = {
-    **LOSS_HELP,
-    "leace": "LEACE at the tap (fitted on the starting network's train features, then the "
-             "layers after the tap fine-tuned): linear attackers are blind on the fitting rows, "
-             "not on fresh ones when the tap is wider than the train split",
-    "hsic+leace": "hsic training, then LEACE on its features",
-    "vib+leace": "vib training, then LEACE on its noisy code, which has far fewer numbers than "
-                 "the train split has rows, so the erasure holds on fresh rows too",
-}
-#: The erasing defences that train with a privacy term first, and that term. They split the
-#: control's epochs between the two steps, so every defence gets the same training budget.
-TRAINED_THEN_ERASED = {"hsic+leace": "hsic", "vib+leace": "vib"}
-#: Defences that erase the tap after (any) training with the privacy term.
-ERASING = ("leace", *TRAINED_THEN_ERASED)
-#: The defences that put a noisy bottleneck at the tap (and take ``channels``).
-BOTTLENECKED = ("vib", "vib+leace")
-
-
-def check_defence(name: str) -> str:
-    """``name`` if it is one of :data:`DEFENCES`, else a one-line error."""
-    if name not in DEFENCES:
-        raise PrivatenetError(f"unknown defence {name!r}; use one of {', '.join(DEFENCES)}")
-    return name
-
-
-def _private_list(privacy: dict) -> tuple[list[str], list[str | None]]:
-    """The private attributes of ``privacy`` and their known adversaries (attack folders; None
-    where a defence needs none), as equal-length lists (one term per attribute)."""
-    private = privacy["private"]
-    private = [private] if isinstance(private, str) else list(private)
-    adversary = privacy.get("adversary")
-    if adversary is None:
-        adversary = [None] * len(private)
-    elif isinstance(adversary, (str, Path)):
-        adversary = [adversary]
-    adversary = list(adversary)
-    if not private or len(adversary) != len(private) or len(set(private)) != len(private):
-        raise PrivatenetError(f"give one known adversary per private attribute "
-                              f"({len(private)} attributes {private}, {len(adversary)} "
-                              "adversaries), each attribute once")
-    return private, [str(a) if a is not None else None for a in adversary]
-
-
 def file_digest(path: str | Path) -> str:
     """SHA-256 of a file's bytes (weights files in a run's fingerprint and stage keys)."""
     import hashlib
@@ -254,14 +207,15 @@ def co_trained_adversary(regularizer: PrivacyRegularizer) -> torch.nn.Module | N
 
 def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config: TrainConfig,
               model_kwargs: dict | None = None, init_from: str | Path | None = None,
-              privacy: dict | None = None, resume: bool = False,
+              privacy: PrivacyConfig | dict | None = None, resume: bool = False,
               callbacks: Callbacks | None = None) -> dict:
     """Train a network on ``target`` (optionally privacy-preserving) and evaluate it.
 
-    ``privacy`` holds ``loss``, ``tap``, ``lam``, ``update`` (``fixed`` or ``alternating``),
-    ``private`` (one attribute or a list: one privacy term each) and ``adversary`` (the known
-    adversary's attack folder, or a list with one per attribute). ``init_from`` starts from the
-    weights of a finished train folder of the same architecture instead of from scratch;
+    ``privacy`` is a :class:`~privatenet.app.defences.PrivacyConfig`, or the dict of its
+    :meth:`~privatenet.app.defences.PrivacyConfig.job_settings` (``loss``, ``tap``, ``lam``,
+    ``update``, ``private``, ``adversary``, ``channels``), checked there. ``init_from``
+    starts from the weights of a finished train folder of the same architecture instead of from
+    scratch;
     ``model_kwargs`` may name ``backbone_weights`` (a file; its SHA-256 is in the fingerprint).
     Every input is checked before ``out`` is claimed (:func:`run_job`): a resumed run must
     name the same data (content), starting network, adversaries and settings.
@@ -273,13 +227,10 @@ def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config
     adversary trained during the run, the co-trained adversary's (``co_trained``).
     """
     model_kwargs = dict(model_kwargs or {})
-    privacy = dict(privacy) if privacy else None
-    if privacy is not None and privacy["loss"] in BOTTLENECKED:
-        privacy["channels"] = check_channels(privacy.get("channels", VIB_CHANNELS))
-    elif privacy is not None and "channels" in privacy:
-        raise PrivatenetError(f"channels= applies to the {' and '.join(BOTTLENECKED)} "
-                              f"defences only, not {privacy['loss']!r}; drop it")
-    private, adversaries = _private_list(privacy) if privacy else ([], [])
+    if isinstance(privacy, dict):
+        privacy = PrivacyConfig.from_job_settings(privacy)
+    privacy = privacy.job_settings() if privacy is not None else None
+    private, adversaries = (privacy["private"], privacy["adversary"]) if privacy else ([], [])
     if target in private:
         raise PrivatenetError(f"the private attribute {target!r} is the task target; protect "
                               "another column than the one the network must predict")
@@ -288,9 +239,7 @@ def train_job(*, data: Dataset, out: str | Path, model: str, target: str, config
     settings = {"job": "train", "data": data.name, "model": model, "model_kwargs": model_kwargs,
                 "target": target, "train": config.key(),
                 "init_from": str(init_from) if init_from else None,
-                "privacy": privacy and {k: v for k, v in privacy.items()
-                                        if k not in ("private", "adversary")}
-                | {"private": private, "adversary": adversaries}}
+                "privacy": privacy}
     # Paths are left out of the fingerprint's settings: the data, the starting network, the
     # weights file and the adversaries are compared by content, so a moved folder still resumes.
     fingerprint = {"data": data_fingerprint(data), "init": None, "adversary": None,
@@ -583,9 +532,9 @@ def audit_job(*, data: Dataset, model_run: str | Path, tap: str, attribute: str,
     needs neither); ``controls="floor"`` keeps the task output alone."""
     from torch.nn.functional import interpolate
 
-    check_audit_settings(zoo=zoo, seeds=seeds, folds=folds)
+    AuditConfig(zoo=zoo, seeds=seeds, folds=folds, in_sample=in_sample)
     if controls not in (True, False, "floor"):
-        raise PrivatenetError(f"controls={controls!r} is invalid; give True, False or 'floor'")
+        raise SettingError("controls", controls, "is invalid; give True, False or 'floor'")
     net, meta, train, test = _attacked_network(model_run, data, tap, attribute, "audit")
     fresh = ATTACKER_SPLIT in data.splits
     attackers = data.split(ATTACKER_SPLIT, [attribute]) if fresh else None

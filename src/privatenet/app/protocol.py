@@ -22,15 +22,17 @@ from pathlib import Path
 
 import torch
 
-from privatenet.app.jobs import (
+from privatenet.app.defences import (
     BOTTLENECKED,
     DEFENCES,
     ERASING,
     TRAINED_THEN_ERASED,
+    check_defence,
+)
+from privatenet.app.jobs import (
     attack_job,
     audit_job,
     build_model,
-    check_defence,
     file_digest,
     image_size_of,
     known_job,
@@ -39,7 +41,7 @@ from privatenet.app.jobs import (
 )
 from privatenet.app.latency import LATENCY_PRECISIONS, latency_ms
 from privatenet.app.report import write_report
-from privatenet.auditing import AUDIT_PROTOCOL, check_audit_rows, check_audit_settings
+from privatenet.auditing import AUDIT_PROTOCOL, AuditConfig, check_audit_rows
 from privatenet.bench import measure
 from privatenet.bottleneck import VIB_CHANNELS, check_channels
 from privatenet.data import load_dataset
@@ -51,13 +53,15 @@ from privatenet.data.base import (
     check_attacker_share,
 )
 from privatenet.data.cache import check_cache_dir
-from privatenet.data.spec import DataSpec, check_image_size, parse_spec
-from privatenet.errors import PrivatenetError
+from privatenet.data.config import DataConfig
+from privatenet.data.spec import DataSpec
+from privatenet.errors import PrivatenetError, SettingError
 from privatenet.losses import DEFAULT_LAM, PAPER_LOSSES, check_lam, check_loss
 from privatenet.metrics import robustness
-from privatenet.models import default_adversary, require_tap
-from privatenet.models.registry import check_model_name, model_options, model_taps
+from privatenet.models import default_adversary
+from privatenet.models.registry import check_model_name, check_tap, model_options, model_taps
 from privatenet.regularizer import ADVERSARY_UPDATES, check_update
+from privatenet.settings import same_setting, setting
 from privatenet.storage import read_json, write_json, write_yaml
 from privatenet.train import distributed
 from privatenet.train.config import (
@@ -66,7 +70,6 @@ from privatenet.train.config import (
     resolve_device,
     resolve_memory_format,
     resolve_precision,
-    setting,
 )
 from privatenet.train.loop import Callbacks
 from privatenet.train.rundir import check_run_folder, open_shared_run, run_job
@@ -86,8 +89,7 @@ class ProtocolConfig:
     networks use the same settings with ``adversary_epochs`` and ``privacy_epochs``.
     """
 
-    data: DataSpec | str = setting("synthfaces", "dataset spec (rafdb:PATH for the paper); "
-                                   "required unless the preset names its data (demo)")
+    data: DataSpec | str = same_setting(DataConfig, "data", "synthfaces")
     target: str = setting("emotion", "task column (default emotion)")
     private: list[str] = setting(help="comma list of private attributes (default gender,age)",
                                  factory=lambda: ["gender", "age"], list="str")
@@ -112,7 +114,7 @@ class ProtocolConfig:
         "fixed", "the adversarial loss's known adversary: fixed (default, the paper's) or "
                  "alternating (trained alongside; the report adds its accuracy)",
         choices=ADVERSARY_UPDATES, flag="--adversary-update", aliases=("--adversarial-update",))
-    image_size: int | None = setting(224, "decode size (paper: 224)")
+    image_size: int | None = same_setting(DataConfig, "image_size", 224)
     backbone_weights: str | None = setting(
         None, "torchvision ResNet-18 weights file the original networks start from (the "
               "paper: ImageNet, resnet18-f37072fd.pth); part of the stage keys")
@@ -138,10 +140,11 @@ class ProtocolConfig:
     latency_repeats: int = 100
     latency_precision: str = setting("fp32", "Table 3 precision (default fp32, the paper's)",
                                      choices=LATENCY_PRECISIONS)
-    cache_dir: str | None = setting(None, "keep decoded images here between runs")
+    cache_dir: str | None = same_setting(DataConfig, "cache_dir")
 
     def __post_init__(self) -> None:
-        self.data = parse_spec(self.data)
+        data = DataConfig(self.data, self.image_size, self.cache_dir)  # checked there
+        self.data, self.image_size = data.data, data.image_size
         if isinstance(self.train, dict):
             self.train = TrainConfig(**self.train)
         for name, example in (("private", "gender, age"), ("taps", "backbone, arm"),
@@ -152,7 +155,7 @@ class ProtocolConfig:
         check_loss(self.sweep_loss)
         check_update(self.adversarial_update)
         if self.init not in ("original", "scratch"):
-            raise PrivatenetError(f"init={self.init!r} is unknown; use original or scratch")
+            raise SettingError("init", self.init, "is unknown; use original or scratch")
         check_lam(self.lam)
         for lam in self.lambdas:
             try:
@@ -163,39 +166,36 @@ class ProtocolConfig:
         if self.target in self.private:
             raise PrivatenetError(f"the private attributes include the task target "
                                   f"{self.target!r}; protect other columns than the task")
-        check_image_size(self.image_size)
         check_model_name(self.model)
         # The model's taps need no data: a bad tap is refused before anything is decoded.
-        valid = model_taps(self.model)
         for tap in self.taps or ():
-            if tap not in valid:
-                raise PrivatenetError(f"model {self.model!r} has no tap {tap!r}; valid taps: "
-                                      f"{', '.join(valid)}")
-        _sweep_of(self, list(self.taps or valid))
+            check_tap(self.model, tap)
+        _sweep_of(self, list(self.taps or model_taps(self.model)))
         self.stage_config(self.adversary_epochs)  # the same checks as the task's epochs
         self.stage_config(self.privacy_epochs)
         value = self.latency_repeats
         if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-            raise PrivatenetError(f"latency_repeats={value!r} is invalid; give an integer >= 2")
+            raise SettingError("latency_repeats", value, "is invalid; give an integer >= 2")
         check_seeds(self.seeds, first=self.train.seed)
         if self.latency_precision not in LATENCY_PRECISIONS:
-            raise PrivatenetError(f"latency_precision={self.latency_precision!r} is unknown; "
-                                  f"use one of {', '.join(LATENCY_PRECISIONS)}")
+            raise SettingError("latency_precision", self.latency_precision,
+                               f"is unknown; use one of {', '.join(LATENCY_PRECISIONS)}")
         if not isinstance(self.audit_mdl, bool):
-            raise PrivatenetError(f"audit_mdl={self.audit_mdl!r} is invalid; give True or False")
+            raise SettingError("audit_mdl", self.audit_mdl, "is invalid; give True or False")
         if self.audit_zoo != "none":
-            check_audit_settings(zoo=self.audit_zoo, seeds=1)
+            AuditConfig(zoo=self.audit_zoo)
         self.attacker_share = check_attacker_share(self.attacker_share)
         check_channels(self.vib_channels)
         if self.backbone_weights is not None:
             if "backbone_weights" not in model_options(self.model):
-                raise PrivatenetError(f"backbone_weights: model {self.model!r} takes no "
-                                      "backbone weights; use arm_resnet18 or resnet18")
+                raise SettingError("backbone_weights", self.backbone_weights,
+                                   f"is for arm_resnet18 or resnet18; model {self.model!r} "
+                                   "takes no backbone weights")
             path = Path(self.backbone_weights).expanduser()
             if not path.is_file():
-                raise PrivatenetError(f"backbone_weights={self.backbone_weights!r}: no such "
-                                      "file; give the path of torchvision's ResNet-18 weights "
-                                      "(resnet18-f37072fd.pth)")
+                raise SettingError("backbone_weights", self.backbone_weights,
+                                   "is no file; give the path of torchvision's ResNet-18 "
+                                   "weights (resnet18-f37072fd.pth)")
             self.backbone_weights = str(path.resolve())
 
     def stage_config(self, epochs: int) -> TrainConfig:
@@ -445,15 +445,13 @@ def _prepare(config: ProtocolConfig, out: str | Path, *, dry: bool) -> _Ready:
                     check_audit_rows(data.splits[ATTACKER_SPLIT].labels[c],
                                      what=f"{c!r} in the attacker split")
                 except PrivatenetError as e:
-                    raise PrivatenetError(
-                        f"{e}; raise attacker_share (now {config.attacker_share:g}) or the "
-                        "data's rows, or give 0 to cross-fit the attackers on the test rows"
-                        ) from None
+                    raise SettingError(
+                        "attacker_share", config.attacker_share, f"leaves too few rows ({e}); "
+                        "raise it or the data's rows, or give 0 to cross-fit the attackers on "
+                        "the test rows") from None
     size = image_size_of(data)
     probe = build_model(config.model, num_classes=2, image_size=size)
-    taps = list(config.taps or probe.taps)
-    for tap in taps:
-        require_tap(probe, tap)
+    taps = list(config.taps or probe.taps)  # checked in ProtocolConfig
     return _Ready(data, size, taps, *_sweep_of(config, taps))
 
 

@@ -42,7 +42,7 @@ from privatenet.train.rundir import open_disposable_run
 from privatenet.video.annotate import draw_faces
 from privatenet.video.classify import OnnxSplitClassifier, TorchClassifier
 from privatenet.video.pipeline import FaceAnalyzer, analyze_video
-from privatenet.video.reader import VideoReader
+from privatenet.video.reader import VideoReader, check_every
 from privatenet.video.writer import VideoWriter, pick_codec
 
 log = logging.getLogger(__name__)
@@ -170,9 +170,7 @@ def video_job(*, input: str | os.PathLike, model: str | os.PathLike, out: str | 
     the classifier (``None``: torch's or ONNX Runtime's default). ``on_frame(frames_read,
     frames_announced_or_None)``: called after each processed frame (progress bars).
     """
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise PrivatenetError(f"every={every!r} is invalid; give a whole number >= 1 (1 "
-                              "processes every frame)")
+    check_every(every)
     options = {k: v for k, v in {"margin": margin, "alpha": alpha,
                                  "iou_threshold": iou_threshold,
                                  "max_missed": max_missed}.items() if v is not None}

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from privatenet.data.spec import DataSpec
-from privatenet.errors import PrivatenetError
+from privatenet.errors import PrivatenetError, SettingError
 
 #: Label value of a row whose class is unknown for that column (RAF-DB's "unsure" gender, an
 #: empty manifest cell). Such rows are dropped, for every column at once, whenever that column
@@ -163,8 +163,8 @@ def check_attacker_share(share: object) -> float:
     """Return ``share`` as a float if it is a number in [0, :data:`MAX_ATTACKER_SHARE`]."""
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not (
             0.0 <= share <= MAX_ATTACKER_SHARE):
-        raise PrivatenetError(f"attacker_share={share!r} is invalid; give a share of the train "
-                              f"split in 0..{MAX_ATTACKER_SHARE:g} (0: no attacker split)")
+        raise SettingError("attacker_share", share, "is invalid; give a share of the train "
+                           f"split in 0..{MAX_ATTACKER_SHARE:g} (0: no attacker split)")
     return float(share)
 
 
@@ -206,8 +206,8 @@ def check_carve(carve: object) -> dict:
             and isinstance(carve["columns"], list) and carve["columns"]
             and all(isinstance(c, str) for c in carve["columns"])
             and isinstance(carve["seed"], int) and not isinstance(carve["seed"], bool)):
-        raise PrivatenetError(f"attacker_carve={carve!r} is not a record of an attacker split "
-                              "(share, columns, seed)")
+        raise SettingError("attacker_carve", carve, "is not a record of an attacker split "
+                                                    "(share, columns, seed)")
     check_attacker_share(carve["share"])
     return carve
 

@@ -29,7 +29,7 @@ from privatenet.data.spec import (
     check_fits_in_memory,
     check_image_size,
 )
-from privatenet.errors import PrivatenetError
+from privatenet.errors import PrivatenetError, SettingError
 from privatenet.runfiles import MARKER
 
 __all__ = ["decode_images", "decode_splits", "cache_key", "file_hashes", "resolve_image_size"]
@@ -72,7 +72,8 @@ def check_cache_dir(cache_dir: object, *, out: str | os.PathLike | None = None) 
         raise TypeError(f"cache_dir must be a path or None, got {type(cache_dir).__name__}")
     if isinstance(cache_dir, str) and not cache_dir.strip():
         # Path("") is the current folder: an empty option must not write into it.
-        raise PrivatenetError("cache_dir is empty; give a folder path or leave the option out")
+        raise SettingError("cache_dir", cache_dir, "is empty; give a folder path or leave it "
+                                                   "out")
     path = Path(cache_dir)
     if path.exists() and not path.is_dir():
         raise PrivatenetError(
@@ -85,7 +86,7 @@ def check_cache_dir(cache_dir: object, *, out: str | os.PathLike | None = None) 
                     f"is inside the output folder {out}" if full.is_relative_to(run) else
                     f"contains the output folder {out}" if run.is_relative_to(full) else None)
         if relation is not None:
-            raise PrivatenetError(f"cache_dir {path} {relation}; {_CACHE_FIX}")
+            raise SettingError("cache_dir", str(path), f"{relation}; {_CACHE_FIX}")
     for folder in (full, *full.parents):
         try:
             marked = (folder / MARKER).is_file()
@@ -93,8 +94,8 @@ def check_cache_dir(cache_dir: object, *, out: str | os.PathLike | None = None) 
             marked = False
         if marked:
             where = "is" if folder == full else "is inside"
-            raise PrivatenetError(f"cache_dir {path} {where} the privatenet run folder "
-                                  f"{folder}; {_CACHE_FIX}")
+            raise SettingError("cache_dir", str(path), f"{where} the privatenet run folder "
+                                                       f"{folder}; {_CACHE_FIX}")
     return path
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from privatenet.checks import check_seed
-from privatenet.errors import PrivatenetError
+from privatenet.errors import PrivatenetError, SettingError
 
 __all__ = [
     "DIGITS_DEFAULTS",
@@ -95,14 +95,11 @@ def check_image_size(value: object, *, name: str = "image_size") -> int | None:
         return None
     # bool is an Integral, but image_size=True is a mistake, not 1 pixel.
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise PrivatenetError(
-            f"{name}={value!r} is not an integer; give an integer "
-            f"{MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}"
-        )
+        raise SettingError(name, value, "is not an integer; give an integer "
+                                        f"{MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}")
     if not MIN_IMAGE_SIZE <= value <= MAX_IMAGE_SIZE:
-        raise PrivatenetError(
-            f"{name}={value!r} is out of range; give an integer {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}"
-        )
+        raise SettingError(name, value, "is out of range; give an integer "
+                                        f"{MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}")
     return int(value)
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from privatenet.data.spec import check_image_size
-from privatenet.errors import PrivatenetError
+from privatenet.errors import PrivatenetError, SettingError
 
 __all__ = [
     "AFFINITY_BUFFERS",
@@ -65,11 +65,10 @@ def arm_backbone_side(model: str, image_size: Any, map_side, min_backbone_side: 
     side = map_side(image_size)
     if side < min_backbone_side:
         minimum = next(s for s in range(1, 4096) if map_side(s) >= min_backbone_side)
-        raise PrivatenetError(
-            f"{model}: image_size={image_size} gives a {side}x{side} backbone map but the ARM "
-            f"head needs at least {min_backbone_side}x{min_backbone_side}; use image_size >= "
-            f"{minimum}"
-        )
+        raise SettingError(
+            "image_size", image_size, f"gives {model} a {side}x{side} backbone map but the ARM "
+            f"head needs at least {min_backbone_side}x{min_backbone_side}; use {{image_size}} "
+            f">= {minimum}", mentions=("image_size",))
     return side
 
 

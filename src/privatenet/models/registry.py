@@ -169,6 +169,15 @@ def model_taps(name: str) -> tuple[str, ...]:
     return tuple(model.taps)
 
 
+def check_tap(name: str, tap: str) -> str:
+    """``tap`` if model ``name`` has it (:func:`model_taps`: no data needed, so a command checks
+    it before any image is read), else a one-line error listing the model's taps."""
+    taps = model_taps(name)
+    if tap not in taps:
+        raise PrivatenetError(f"model {name!r} has no tap {tap!r}; valid taps: {', '.join(taps)}")
+    return tap
+
+
 def model_from_config(config: Mapping[str, Any], *, load_backbone_weights: bool = False
                       ) -> nn.Module:
     """Re-create a model from its ``config`` (as stored in a checkpoint).

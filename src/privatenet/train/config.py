@@ -6,13 +6,14 @@ import functools
 import math
 import numbers
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 from privatenet.checks import MAX_SEED, check_seed, is_int
-from privatenet.errors import PrivatenetError
+from privatenet.errors import SettingError
+from privatenet.settings import setting
 
 #: Training precisions: ``auto`` is bf16 autocast on CUDA and fp32 elsewhere, a choice by device
 #: type alone (a choice by measured speed would make a seed's numbers depend on machine load).
@@ -20,18 +21,6 @@ PRECISIONS = ("auto", "fp32", "bf16")
 #: Memory layouts of images and convolution weights: ``auto`` is channels_last on CUDA (tensor
 #: cores want it) and contiguous elsewhere.
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
-
-
-def setting(default=None, help: str = "", *, factory=None, **extra):
-    """A dataclass field declared once with its command-line description: ``help``, and in
-    ``extra`` any of ``choices``, ``flag`` (when not ``--<name>``), ``aliases`` (old spellings),
-    ``type`` (a parser of one value) and ``list`` (``"str"`` or ``"float"``: a comma list). The
-    command line makes its options from these (:mod:`privatenet.cli`); ``factory`` for a
-    mutable default."""
-    metadata = {"help": help, **extra}
-    if factory is not None:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -71,7 +60,7 @@ class TrainConfig:
         for name, low in (("epochs", 1), ("batch_size", 2), ("eval_batch_size", 1)):
             value = getattr(self, name)
             if not is_int(value) or value < low:
-                raise PrivatenetError(f"{name}={value!r} is invalid; give an integer >= {low}")
+                raise SettingError(name, value, f"is invalid; give an integer >= {low}")
         check_seed(self.seed)
         reals = [
             ("lr", lambda v: v > 0, "a positive number"),
@@ -81,19 +70,18 @@ class TrainConfig:
         for name, ok, need in reals:
             value = getattr(self, name)
             if not _is_real(value) or not math.isfinite(value) or not ok(value):
-                raise PrivatenetError(f"{name}={value!r} is invalid; give {need}")
+                raise SettingError(name, value, f"is invalid; give {need}")
         if not isinstance(self.augment, bool):
-            raise PrivatenetError(f"augment={self.augment!r} is invalid; give True or False")
+            raise SettingError("augment", self.augment, "is invalid; give True or False")
         if not isinstance(self.device, str):
-            raise PrivatenetError(f"device={self.device!r} is invalid; give auto, cpu or "
-                                  "cuda[:N]")
+            raise SettingError("device", self.device, "is invalid; give auto, cpu or cuda[:N]")
         resolve_device(self.device)
         for name, choices in (("precision", PRECISIONS), ("memory_format", MEMORY_FORMATS)):
             if getattr(self, name) not in choices:
-                raise PrivatenetError(f"{name}={getattr(self, name)!r} is unknown; use one of "
-                                      f"{', '.join(choices)}")
+                raise SettingError(name, getattr(self, name),
+                                   f"is unknown; use one of {', '.join(choices)}")
         if not isinstance(self.compile, bool):
-            raise PrivatenetError(f"compile={self.compile!r} is invalid; give True or False")
+            raise SettingError("compile", self.compile, "is invalid; give True or False")
         if self.compile:
             check_compiler()
 
@@ -121,9 +109,9 @@ def check_compiler() -> None:
         get_cpp_compiler()
     except Exception as e:  # torch raises its own InvalidCxxCompiler (a RuntimeError)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PrivatenetError(f"compile=True needs a working C++ compiler for torch.compile "
-                              f"({first}); install one (apt-get install g++, or set CXX) or "
-                              "train without compile") from None
+        raise SettingError("compile", True, f"needs a working C++ compiler for torch.compile "
+                           f"({first}); install one (apt-get install g++, or set CXX) or "
+                                            "train without compile") from None
 
 
 #: Settings that change speed and, by rounding only, the numbers (left out of keys at defaults).
@@ -138,12 +126,12 @@ MAX_SEEDS = 100
 def check_seeds(seeds: object, *, first: int = 0) -> int:
     """``seeds``, a number of seeds (``first``, ``first + 1``, ...), as an integer in
     1..:data:`MAX_SEEDS` whose last seed is at most :data:`MAX_SEED`; else a one-line
-    :class:`PrivatenetError`."""
+    :class:`~privatenet.errors.SettingError`."""
     if not is_int(seeds) or not 1 <= seeds <= MAX_SEEDS:
-        raise PrivatenetError(f"seeds={seeds!r} is invalid; give an integer in 1..{MAX_SEEDS}")
+        raise SettingError("seeds", seeds, f"is invalid; give an integer in 1..{MAX_SEEDS}")
     if first + seeds - 1 > MAX_SEED:
-        raise PrivatenetError(f"seeds={seeds} from seed={first} reaches seed "
-                              f"{first + seeds - 1}, above {MAX_SEED}; give a smaller seed")
+        raise SettingError("seeds", seeds, f"from seed {first} reaches seed "
+                           f"{first + seeds - 1}, above {MAX_SEED}; give a smaller seed")
     return int(seeds)
 
 
@@ -159,9 +147,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise PrivatenetError(f"device={name!r} is invalid; use auto, cpu or cuda[:N]") from None
+        raise SettingError("device", name, "is invalid; use auto, cpu or cuda[:N]") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PrivatenetError(f"device={name!r} requested but CUDA is not available; use cpu")
+        raise SettingError("device", name, "requested but CUDA is not available; use cpu")
     return dev
 
 

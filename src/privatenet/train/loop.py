@@ -32,7 +32,7 @@ from torch import nn
 
 from privatenet.data.base import MISSING, Split
 from privatenet.data.transforms import augment, normalize
-from privatenet.errors import PrivatenetError
+from privatenet.errors import PrivatenetError, SettingError
 from privatenet.losses import total_loss
 from privatenet.models.taps import require_tap
 from privatenet.regularizer import PrivacyRegularizer
@@ -145,8 +145,9 @@ def _run_epochs(*, n: int, step: Callable[[torch.Tensor, torch.Generator], dict]
     first = 0
     if run_dir is not None and training_checkpoint_exists(run_dir):
         if not resume:
-            raise PrivatenetError(f"{run_dir} already holds a training run; pass resume=True "
-                                  "to continue it or choose another output folder")
+            raise SettingError("resume", False, f": {run_dir} already holds a training run; "
+                               "pass {resume} to continue it, or choose another output folder",
+                               mentions={"resume": "resume=True"})
         tensors, meta = load_training_checkpoint(run_dir)
         if meta.get("signature") != signature:
             raise PrivatenetError(f"{run_dir} holds a run with other settings; resume it with "

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
-from privatenet.errors import PrivatenetError
+from privatenet.errors import PrivatenetError, SettingError
 from privatenet.readers import brief
 from privatenet.runfiles import LOCK, MARKER, RESULTS
 from privatenet.storage import read_json, write_json, write_yaml
@@ -192,8 +192,9 @@ def _claim(path: Path, kind: str, fingerprint: dict | None, resume: bool) -> boo
     if not resume:
         if finished:
             raise PrivatenetError(f"{path} holds a finished {kind} run; choose another folder")
-        raise PrivatenetError(f"{path} holds an unfinished {kind} run; pass resume=True to "
-                              "continue it or choose another folder")
+        raise SettingError("resume", False, f": {path} holds an unfinished {kind} run; pass "
+                                            "{resume} to continue it, or choose another folder",
+                           mentions={"resume": "resume=True"})
     if fingerprint is not None:
         diff = _first_difference(marker.get("fingerprint") or {}, fingerprint)
         if diff is not None:

@@ -38,7 +38,7 @@ from PIL import Image
 
 from privatenet.data.spec import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, check_image_size
 from privatenet.data.transforms import normalize
-from privatenet.errors import PrivatenetError
+from privatenet.errors import PrivatenetError, SettingError
 from privatenet.models.saving import load_module
 from privatenet.readers import brief
 from privatenet.storage import read_json
@@ -76,8 +76,8 @@ def crop_faces(frame: np.ndarray, boxes: Sequence[Sequence[float]], *, size: int
     (N x 3 x size x size); see the module docstring."""
     frame = check_frame(frame)
     if not margin >= 0:
-        raise PrivatenetError(f"margin={margin!r} is invalid; give a share of the box >= 0 "
-                              "(0.2 adds 20 % on each side)")
+        raise SettingError("margin", margin, "is invalid; give a share of the box >= 0 "
+                                             "(0.2 adds 20 % on each side)")
     height, width = frame.shape[:2]
     out = np.empty((len(boxes), 3, size, size), dtype=np.uint8)
     for i, box in enumerate(boxes):
@@ -131,8 +131,8 @@ def _check_classes(classes: object, where: str) -> tuple[str, ...]:
 def _check_threads(threads: object) -> int | None:
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                 or threads < 1):
-        raise PrivatenetError(f"threads={threads!r} is invalid; give a whole number >= 1 (or "
-                              "None for the library's default)")
+        raise SettingError("threads", threads, "is invalid; give a whole number >= 1 (or "
+                                               "None for the library's default)")
     return threads
 
 

@@ -20,7 +20,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
-from privatenet.errors import PrivatenetError
+from privatenet.errors import PrivatenetError, SettingError
 from privatenet.video._deps import require
 
 __all__ = ["CASCADE", "Box", "Detection", "FaceDetector", "HaarFaceDetector", "check_frame"]
@@ -70,15 +70,15 @@ class HaarFaceDetector:
                  cascade: str | os.PathLike | None = None) -> None:
         cv2 = require("cv2")
         if not scale_factor > 1:
-            raise PrivatenetError(f"scale_factor={scale_factor!r} is invalid; give a number "
-                                  "> 1 (1.1 is usual)")
+            raise SettingError("scale_factor", scale_factor, "is invalid; give a number "
+                                                             "> 1 (1.1 is usual)")
         if isinstance(min_neighbors, bool) or not isinstance(min_neighbors, int) or \
                 min_neighbors < 0:
-            raise PrivatenetError(f"min_neighbors={min_neighbors!r} is invalid; give a whole "
-                                  "number >= 0 (5 is usual)")
+            raise SettingError("min_neighbors", min_neighbors, "is invalid; give a whole "
+                                                               "number >= 0 (5 is usual)")
         if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 1:
-            raise PrivatenetError(f"min_size={min_size!r} is invalid; give a face side in "
-                                  "pixels >= 1")
+            raise SettingError("min_size", min_size, "is invalid; give a face side in "
+                                                     "pixels >= 1")
         path = Path(cascade) if cascade is not None else Path(cv2.data.haarcascades) / CASCADE
         if not path.is_file():
             raise PrivatenetError(f"{path}: cascade file not found; reinstall "

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from privatenet.errors import PrivatenetError
+from privatenet.errors import SettingError
 from privatenet.video.classify import DEFAULT_MARGIN, Classifier, crop_faces
 from privatenet.video.detect import FaceDetector, HaarFaceDetector, check_frame
-from privatenet.video.reader import VideoReader
+from privatenet.video.reader import VideoReader, check_every
 from privatenet.video.track import (
     DEFAULT_ALPHA,
     DEFAULT_IOU,
@@ -98,8 +98,8 @@ class FaceAnalyzer:
         if not callable(getattr(detector, "detect", None)):
             raise TypeError(f"detector must have detect(frame), got {type(detector).__name__}")
         if not margin >= 0:
-            raise PrivatenetError(f"margin={margin!r} is invalid; give a share of the box >= 0 "
-                                  "(0.2 adds 20 % on each side)")
+            raise SettingError("margin", margin, "is invalid; give a share of the box >= 0 "
+                                                 "(0.2 adds 20 % on each side)")
         self.classifier, self.detector, self.margin = classifier, detector, float(margin)
         self.classes = tuple(classifier.classes)
         self.tracker = IoUTracker(iou_threshold=iou_threshold, max_missed=max_missed)
@@ -144,9 +144,7 @@ def analyze_video(video: VideoReader | str | os.PathLike, *, analyzer: FaceAnaly
     (a progress bar's hook). Errors of the file (truncated, corrupt) are one-line
     :class:`PrivatenetError` s, raised where they are found (possibly after the last frame).
     """
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise PrivatenetError(f"every={every!r} is invalid; give a whole number >= 1 (1 "
-                              "processes every frame)")
+    check_every(every)
     reader = video if isinstance(video, VideoReader) else VideoReader(video)
     try:
         total = reader.info.frames

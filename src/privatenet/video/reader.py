@@ -25,12 +25,20 @@ from pathlib import Path
 
 import numpy as np
 
-from privatenet.errors import PrivatenetError
+from privatenet.errors import PrivatenetError, SettingError
 from privatenet.video._deps import require
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_FPS", "Frame", "VideoInfo", "VideoReader"]
+__all__ = ["DEFAULT_FPS", "Frame", "VideoInfo", "VideoReader", "check_every"]
+
+def check_every(every: object) -> int:
+    """``every`` (process every N-th frame) if it is a whole number >= 1, else one line."""
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise SettingError("every", every, "is invalid; give a whole number >= 1 (1 processes "
+                                           "every frame)")
+    return every
+
 
 #: Frame rate assumed (with a warning) for a stream that declares none.
 DEFAULT_FPS = 25.0
@@ -207,9 +215,7 @@ class VideoReader:
         than 2 frames and 1 %), or a last frame more than 3 frame intervals (and 1 %) before the
         announced end of the stream.
         """
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise PrivatenetError(f"every={every!r} is invalid; give a whole number >= 1 (1 "
-                                  "processes every frame)")
+        check_every(every)
         if self._container is None:
             raise ValueError("the VideoReader is closed")
         while True:

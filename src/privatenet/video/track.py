@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from privatenet.errors import PrivatenetError
+from privatenet.errors import SettingError
 
 __all__ = ["DEFAULT_ALPHA", "DEFAULT_IOU", "DEFAULT_MAX_MISSED", "EmaSmoother", "IoUTracker",
            "Track", "iou"]
@@ -62,11 +62,11 @@ class IoUTracker:
     def __init__(self, *, iou_threshold: float = DEFAULT_IOU,
                  max_missed: int = DEFAULT_MAX_MISSED) -> None:
         if not 0 < iou_threshold <= 1:
-            raise PrivatenetError(f"iou_threshold={iou_threshold!r} is invalid; give a number "
-                                  "in (0, 1] (0.3 is usual)")
+            raise SettingError("iou_threshold", iou_threshold, "is invalid; give a number "
+                                                               "in (0, 1] (0.3 is usual)")
         if isinstance(max_missed, bool) or not isinstance(max_missed, int) or max_missed < 0:
-            raise PrivatenetError(f"max_missed={max_missed!r} is invalid; give a whole number "
-                                  ">= 0 of processed frames")
+            raise SettingError("max_missed", max_missed, "is invalid; give a whole number "
+                                                         ">= 0 of processed frames")
         self.iou_threshold = float(iou_threshold)
         self.max_missed = max_missed
         self.tracks: dict[int, Track] = {}
@@ -123,8 +123,8 @@ class EmaSmoother:
 
     def __init__(self, *, alpha: float = DEFAULT_ALPHA) -> None:
         if not 0 < alpha <= 1:
-            raise PrivatenetError(f"alpha={alpha!r} is invalid; give a number in (0, 1] (the "
-                                  "weight of the newest frame; 1 turns smoothing off)")
+            raise SettingError("alpha", alpha, "is invalid; give a number in (0, 1] (the "
+                                               "weight of the newest frame; 1 turns smoothing off)")
         self.alpha = float(alpha)
         self._state: dict[Hashable, np.ndarray] = {}
 
