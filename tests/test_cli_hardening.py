@@ -172,7 +172,7 @@ def _sub(name):
     ("train", PrivatenetError("image_size=64 and batch_size"), "image_size=64 and batch_size"),
 ])
 def test_a_refused_setting_is_spelled_with_the_commands_flag(command, error, line):
-    assert options.error_line(error, _sub(command), cli.SETTINGS) == line
+    assert options.error_line(error, _sub(command)) == line
 
 
 def test_library_errors_are_shown_with_flags(capsys, monkeypatch):

@@ -10,6 +10,8 @@ from cli_helpers import fails
 from privatenet import cli, options
 from privatenet.app.advisor import AdviceConfig
 from privatenet.app.defences import PrivacyConfig
+from privatenet.app.export_job import ExportCheck
+from privatenet.app.video_job import VideoConfig
 from privatenet.auditing import AuditConfig
 from privatenet.bench import BenchConfig
 from privatenet.data.config import DataConfig
@@ -17,7 +19,8 @@ from privatenet.errors import PrivatenetError, SettingError
 
 #: Each settings class and a command whose options it declares in full.
 DECLARED = [(DataConfig, "train"), (PrivacyConfig, "train"), (AuditConfig, "audit"),
-            (AdviceConfig, "split-advisor"), (BenchConfig, "bench")]
+            (AdviceConfig, "split-advisor"), (BenchConfig, "bench"), (ExportCheck, "export"),
+            (VideoConfig, "video")]
 
 
 @pytest.mark.parametrize("cls, command", DECLARED)
@@ -61,7 +64,7 @@ def test_a_mentioned_setting_is_spelled_by_the_library_and_by_the_command_line()
                      mentions={"resume": "resume=True"})
     assert str(e) == "resume=False: runs/{x} is taken; pass resume=True to continue"
     train = options.subparsers(cli.build_parser())["train"]
-    assert options.error_line(e, train, cli.SETTINGS) == (
+    assert options.error_line(e, train) == (
         "without --resume: runs/{x} is taken; pass --resume to continue")
 
 

@@ -6,45 +6,32 @@ shows progress bars and exits; a user mistake is one line on stderr and exit cod
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 from pathlib import Path
 
-from privatenet import options
+from privatenet import console, options
 from privatenet.app import protocol, summaries
 from privatenet.app.advisor import AdviceConfig, split_advice_job
 from privatenet.app.bench_job import bench_job
 from privatenet.app.defences import PrivacyConfig
-from privatenet.app.export_job import export_job
-from privatenet.app.jobs import attack_job, audit_job, import_public_job, model_meta, train_job
+from privatenet.app.export_job import ExportCheck, export_job
+from privatenet.app.jobs import attack_job, audit_job, data_of_run, import_public_job, train_job
 from privatenet.app.protocol import PRESETS, ProtocolConfig, resolve_config
 from privatenet.app.report import advice_markdown, audit_markdown, tables_markdown
-from privatenet.app.video_job import video_job
+from privatenet.app.video_job import VideoConfig, video_job
 from privatenet.auditing import AuditConfig
 from privatenet.bench import BenchConfig, format_table
-from privatenet.console import Progress, StageBars, fail, guarded, stage_line, stage_state
-from privatenet.data.base import carve_attacker_split
 from privatenet.data.config import DataConfig
 from privatenet.errors import PrivatenetError
-from privatenet.models import ADVERSARY_KINDS, list_models
-from privatenet.models.registry import check_model_name, check_tap
+from privatenet.models import ADVERSARY_KINDS
+from privatenet.models.config import ModelConfig
+from privatenet.models.registry import check_tap
 from privatenet.options import Parser, add_settings, given
-from privatenet.train import distributed
 from privatenet.train.config import TrainConfig
 
 #: TrainConfig's settings of every training command, and its speed settings.
 OPTIM = ("epochs", "batch_size", "lr", "weight_decay", "lr_decay", "augment", "seed", "device")
 SPEED = ("precision", "memory_format", "compile")
-#: ProtocolConfig's settings that ``reproduce`` takes (beyond TrainConfig's).
-PROTOCOL = ("data", "image_size", "cache_dir", "target", "private", "model", "taps", "losses",
-            "lam", "lambdas", "init", "adversarial_update", "backbone_weights", "seeds",
-            "audit_zoo", "attacker_share", "vib_channels", "latency_precision",
-            "adversary_epochs", "privacy_epochs")
-#: Every settings class the commands take (to spell a refused setting with its flag).
-SETTINGS = (DataConfig, TrainConfig, PrivacyConfig, AuditConfig, AdviceConfig, ProtocolConfig,
-            BenchConfig)
-_model_name = options.argparse_type(check_model_name)
 _RUN = "folder of a finished 'privatenet train' run"
 
 
@@ -57,9 +44,7 @@ def _out(p, help: str, *, resume: bool = False, default: str | None = None) -> N
 
 
 def _data(p, title: str, *, required: bool = False) -> None:
-    add_settings(p.add_argument_group(title), DataConfig)
-    if required:
-        p._option_string_actions["--data"].required = True
+    add_settings(p.add_argument_group(title), DataConfig, required=("data",) if required else ())
 
 
 def _attacked(p, *, tap: bool = True, zoo: bool = False) -> None:
@@ -92,13 +77,9 @@ def build_parser() -> Parser:
                        "features of --tap (a privacy term of Eq. 8, an eraser or a bottleneck).")
     _data(p, "data", required=True)
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="arm_resnet18", type=_model_name, help="network: "
-                   f"{', '.join(list_models())} (arm_resnet18 is the paper's) or "
-                   "torchvision:NAME")
+    add_settings(g, ModelConfig)
     g.add_argument("--target", default="emotion", help="label column to learn")
     g.add_argument("--init-from", help="start from the weights of this finished train folder")
-    g.add_argument("--backbone-weights", help="torchvision ResNet-18 weights file for the "
-                   "backbone (the paper's ImageNet start; read weights-only)")
     add_settings(p.add_argument_group("privacy (unset: plain training)"), PrivacyConfig)
     add_settings(p.add_argument_group(optim), TrainConfig, OPTIM)
     add_settings(p.add_argument_group("speed (docs/design.md §4.4)"), TrainConfig, SPEED,
@@ -140,8 +121,7 @@ def build_parser() -> Parser:
                    "epochs, 224 px, gender and age, its two losses); quick: every defence, 20 "
                    "epochs; demo: the CPU demo on synthfaces; smoke: a plumbing check")
     unset = "(unset: the preset's, else the library's)"
-    add_settings(p.add_argument_group(f"protocol {unset}"), ProtocolConfig, PROTOCOL,
-                 unset=True)
+    add_settings(p.add_argument_group(f"protocol {unset}"), ProtocolConfig, unset=True)
     add_settings(p.add_argument_group(f"optimisation {unset}"), TrainConfig,
                  ("epochs", "batch_size", "seed", "device", *SPEED), unset=True)
     p.add_argument("--dry-run", action="store_true", help="run nothing: list every stage with "
@@ -165,12 +145,9 @@ def build_parser() -> Parser:
                        "trusted.onnx, checked with ONNX Runtime (extra: .[deploy])")
     p.add_argument("--run", "--model", dest="run", required=True, help=_RUN)
     p.add_argument("--split", "--tap", dest="tap", required=True, help="tap to split at")
-    p.add_argument("--check-images", type=int, default=16, help="images that check the ONNX "
-                   "files against torch (default 16)")
+    add_settings(p, ExportCheck)
     add_settings(p.add_argument_group("check images (unset: the run's data)"), DataConfig,
                  ("data", "cache_dir"))
-    p.add_argument("--random-check", action="store_true", help="check with seeded random images")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random check images")
     _out(p, "folder to create: untrusted.onnx, trusted.onnx, export.json, results.json")
 
     p = sub.add_parser("video", help="faces, tracks and their labels over a video file (extra: "
@@ -178,10 +155,7 @@ def build_parser() -> Parser:
     p.add_argument("input", help="video file: mp4, avi, mkv, webm (PyAV)")
     p.add_argument("--run", "--model", dest="run", required=True, help=f"{_RUN}, or of a "
                    "'privatenet export' (ONNX Runtime)")
-    p.add_argument("--every", type=int, default=1, help="process every N-th frame (default 1)")
-    p.add_argument("--annotate", action="store_true", help="also write annotated.mp4")
-    p.add_argument("--threads", type=int, help="CPU threads of the classifier (1 is as fast "
-                   "on a face crop)")
+    add_settings(p, VideoConfig)
     _out(p, "folder to create: frames.jsonl, summary.json, timeline.png, results.json")
 
     p = sub.add_parser("bench", help="training speed, batch-1 latency and memory of the fast "
@@ -199,38 +173,30 @@ def build_parser() -> Parser:
     return parser
 
 
-def _data_of_run(args):
-    """The data settings given, by default those of the network of ``--run`` (its spec holds
-    absolute paths), loaded; with the attacker split carved again where that network's run
-    carved one (``reproduce``), so that its train split is exactly the network's rows."""
-    data = DataConfig(**given(args, DataConfig))  # checked before the run is read
-    meta = model_meta(args.run)
-    loaded = DataConfig(data.data or meta["data"], data.image_size or meta.get("image_size"),
-                        data.cache_dir).load(out=args.out)
-    carve = None if data.data else meta.get("attacker_carve")
-    return carve_attacker_split(loaded, **carve) if carve else loaded
+def _attacked_data(args):
+    return data_of_run(args.run, DataConfig(**given(args, DataConfig)), out=args.out)
 
 
 def cmd_train(args) -> int:
     config = TrainConfig(**given(args, TrainConfig, OPTIM + SPEED))
+    model = ModelConfig(**given(args, ModelConfig))
     privacy = PrivacyConfig(**given(args, PrivacyConfig))
     if privacy.enabled:
-        check_tap(args.model, privacy.tap)
+        check_tap(model.model, privacy.tap)
     data = DataConfig(**given(args, DataConfig)).load(out=args.out)
-    weights = {"backbone_weights": args.backbone_weights} if args.backbone_weights else {}
-    res = train_job(data=data, out=args.out, model=args.model, target=args.target,
-                    config=config, init_from=args.init_from, model_kwargs=weights,
+    res = train_job(data=data, out=args.out, model=model.model, target=args.target,
+                    config=config, init_from=args.init_from, model_kwargs=model.model_kwargs(),
                     privacy=privacy if privacy.enabled else None, resume=args.resume,
-                    callbacks=Progress("train").callbacks)
+                    callbacks=console.Progress("train").callbacks)
     print(summaries.train_text(res, target=args.target, tap=args.tap))
     return _done("run folder", args.out)
 
 
 def cmd_attack(args) -> int:
     config = TrainConfig(**given(args, TrainConfig, OPTIM))
-    res = attack_job(data=_data_of_run(args), model_run=args.run, tap=args.tap,
+    res = attack_job(data=_attacked_data(args), model_run=args.run, tap=args.tap,
                      attribute=args.private, head=args.head, config=config, out=args.out,
-                     resume=args.resume, callbacks=Progress("attack").callbacks)
+                     resume=args.resume, callbacks=console.Progress("attack").callbacks)
     print(summaries.attack_text(res, tap=args.tap, attribute=args.private))
     return _done("run folder", args.out)
 
@@ -238,10 +204,10 @@ def cmd_attack(args) -> int:
 def cmd_audit(args) -> int:
     config = TrainConfig(**given(args, TrainConfig, ("seed", "device")))
     audit = AuditConfig(**given(args, AuditConfig))
-    result = audit_job(data=_data_of_run(args), model_run=args.run, tap=args.tap,
+    result = audit_job(data=_attacked_data(args), model_run=args.run, tap=args.tap,
                        attribute=args.private, config=config, out=args.out, zoo=audit.zoo,
                        seeds=audit.seeds, folds=audit.folds, in_sample=audit.in_sample,
-                       on_attacker=stage_line("audit"))
+                       on_attacker=console.stage_line("audit"))
     print(audit_markdown(result))
     return _done("run folder", args.out)
 
@@ -250,10 +216,10 @@ def cmd_split_advisor(args) -> int:
     config = TrainConfig(**given(args, TrainConfig, ("seed", "device")))
     zoo = AuditConfig(**given(args, AuditConfig, ("zoo",))).zoo
     advice = AdviceConfig(**given(args, AdviceConfig))
-    result = split_advice_job(data=_data_of_run(args), model_run=args.run,
+    result = split_advice_job(data=_attacked_data(args), model_run=args.run,
                               attribute=args.private, config=config, out=args.out, zoo=zoo,
                               tolerance=advice.tolerance, repeats=advice.repeats,
-                              on_attacker=stage_line("split-advisor"))
+                              on_attacker=console.stage_line("split-advisor"))
     print(advice_markdown(result))
     return _done("folder", args.out)
 
@@ -262,7 +228,7 @@ def cmd_reproduce(args) -> int:
     if args.data is None and "data" not in PRESETS.get(args.preset, {}):
         raise PrivatenetError("reproduce needs --data (rafdb:PATH for the paper's numbers, or "
                               "any dataset spec); only --preset demo names its own data")
-    config = resolve_config(args.preset, given(args, ProtocolConfig, PROTOCOL)
+    config = resolve_config(args.preset, given(args, ProtocolConfig)
                             | given(args, TrainConfig, ("epochs", "batch_size", "seed",
                                                         "device", *SPEED)))
     if args.dry_run:
@@ -278,8 +244,8 @@ def cmd_demo(args) -> int:
 
 def _run_protocol(config, out: str) -> int:
     """Run ``reproduce`` with stage lines and progress bars, then print the tables."""
-    results = protocol.reproduce(config=config, out=out, on_stage=stage_state,
-                                 callbacks=lambda name: Progress(name).callbacks)
+    results = protocol.reproduce(config=config, out=out, on_stage=console.stage_state,
+                                 callbacks=lambda name: console.Progress(name).callbacks)
     print(tables_markdown(results))
     return _done("report", Path(out) / "report.md")
 
@@ -294,19 +260,20 @@ def cmd_import_checkpoint(args) -> int:
 
 
 def cmd_export(args) -> int:
+    check = ExportCheck(**given(args, ExportCheck))
     data = DataConfig(**given(args, DataConfig, ("data", "cache_dir")))
     doc = export_job(model_run=args.run, tap=args.tap, out=args.out, data=args.data,
-                     check_images=args.check_images, cache_dir=data.cache_dir,
-                     random_check=args.random_check, seed=args.seed)
+                     cache_dir=data.cache_dir, check_images=check.check_images,
+                     random_check=check.random_check, seed=check.seed)
     print(summaries.export_text(doc, out=args.out))
     return _done("export folder", args.out)
 
 
 def cmd_video(args) -> int:
-    bars = StageBars(unit="frame")
+    bars = console.StageBars(unit="frame")
     try:
-        s = video_job(input=args.input, model=args.run, out=args.out, annotate=args.annotate,
-                      every=args.every, threads=args.threads,
+        s = video_job(input=args.input, model=args.run, out=args.out,
+                      **given(args, VideoConfig),
                       on_frame=lambda read, total: bars("video", read, total))
     finally:
         bars.close()
@@ -315,7 +282,7 @@ def cmd_video(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    bars = StageBars()
+    bars = console.StageBars()
     try:
         result = bench_job(out=args.out, threads=args.threads, variants=args.variants,
                            **given(args, BenchConfig)
@@ -363,28 +330,16 @@ def main(argv: list[str] | None = None) -> int:
         options.load_config_defaults(parser, argv)
         args = parser.parse_args(argv)
     except PrivatenetError as e:
-        return fail(str(e))
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    # Other packages' Python warnings (torch, Pillow) go to the log, shown with -v only: an
-    # error is one line, not one line among warnings. Our own warnings are logged, not warned.
-    logging.captureWarnings(True)
-    logging.getLogger("py.warnings").setLevel(logging.INFO if args.verbose else logging.ERROR)
+        return console.fail(str(e))
+    console.log_to_stderr(verbose=args.verbose)
 
     def command() -> int:
-        if distributed.launched()[2] > 1:
-            if args.command not in DISTRIBUTED_COMMANDS:
-                raise PrivatenetError(f"'{args.command}' runs in one process; start it without "
-                                      f"torchrun (under torchrun: "
-                                      f"{', '.join(DISTRIBUTED_COMMANDS)})")
-            distributed.init_from_env()
-            if not distributed.is_main():  # rank 0 alone reports
-                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the process's life)
+        console.join_torchrun(args.command, allowed=DISTRIBUTED_COMMANDS)
         return COMMANDS[args.command](args)
 
-    return guarded(command, hint=INTERRUPT_HINTS.get(args.command),
-                   spell=lambda e: options.error_line(
-                       e, options.subparsers(parser)[args.command], SETTINGS))
+    return console.guarded(command, hint=INTERRUPT_HINTS.get(args.command),
+                           spell=lambda e: options.error_line(
+                               e, options.subparsers(parser)[args.command]))
 
 
 if __name__ == "__main__":

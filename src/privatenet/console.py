@@ -79,6 +79,29 @@ def stage_state(name: str, cached: bool) -> None:
         print(f"[{'cached' if cached else 'run'}] {name}", file=sys.stderr, flush=True)
 
 
+def join_torchrun(command: str, *, allowed: tuple[str, ...]) -> None:
+    """Under torchrun, join the process group (``command`` must be one of ``allowed``) and
+    silence stdout on every rank but 0, which alone reports; alone, do nothing."""
+    if distributed.launched()[2] <= 1:
+        return
+    if command not in allowed:
+        raise PrivatenetError(f"'{command}' runs in one process; start it without torchrun "
+                              f"(under torchrun: {', '.join(allowed)})")
+    distributed.init_from_env()
+    if not distributed.is_main():
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the process's life)
+
+
+def log_to_stderr(*, verbose: bool) -> None:
+    """Log to stderr: warnings, and with ``verbose`` every epoch too. Other packages' Python
+    warnings (torch, Pillow) go to the log, shown with -v only: an error is one line, not one
+    line among warnings. Our own warnings are logged, not warned."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.INFO if verbose else logging.ERROR)
+
+
 def fail(message: str) -> int:
     print(f"privatenet: error: {message}", file=sys.stderr)
     return 2

@@ -58,25 +58,28 @@ def _declared(cls, names) -> list:
 
 
 def add_settings(g, cls, names: tuple[str, ...] | None = None, *, defaults: dict | None = None,
-                 unset: bool = False) -> None:
+                 unset: bool = False, required: tuple[str, ...] = ()) -> None:
     """Options for the declared fields of the settings class ``cls`` (all, or ``names``), made
     from their declaration (:func:`privatenet.settings.setting`). ``defaults``: this command's
-    own; ``unset``: no default at all (a preset or the library decides)."""
+    own; ``unset``: no default at all (a preset or the library decides); ``required``: the
+    fields this command cannot do without. Each option remembers its field (``.setting``)."""
     for f in _declared(cls, names):
         flag, dest = _flag(f)
         default = None if unset else (defaults or {}).get(f.name, f.default)
         help = f.metadata["help"].replace("%", "%%") + (
             "" if unset or f.type == "bool" or default is None else f" (default {default})")
         if f.type == "bool":
-            g.add_argument(flag, dest=dest, action="store_true",
-                           default=None if unset else False,
-                           help=f"turn off {help}" if f.default is True else help)
+            action = g.add_argument(flag, dest=dest, action="store_true",
+                                    default=None if unset else False,
+                                    help=f"turn off {help}" if f.default is True else help)
         else:
             parse = (argparse_type(f.metadata["type"]) if "type" in f.metadata
                      else _TYPES.get(f.type.split(" |")[0], str))
-            g.add_argument(flag, *f.metadata.get("aliases", ()), dest=dest,
-                           type=str if "list" in f.metadata else parse, default=default,
-                           choices=f.metadata.get("choices"), help=help)
+            action = g.add_argument(flag, *f.metadata.get("aliases", ()), dest=dest,
+                                    type=str if "list" in f.metadata else parse,
+                                    default=default, choices=f.metadata.get("choices"),
+                                    help=help, required=f.name in required)
+        action.setting = f.name
 
 
 def given(args, cls, names: tuple[str, ...] | None = None) -> dict:
@@ -116,24 +119,24 @@ def options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
             if a.option_strings and not isinstance(a, argparse._HelpAction)}
 
 
-def error_line(e: PrivatenetError, parser: argparse.ArgumentParser, classes) -> str:
+def error_line(e: PrivatenetError, parser: argparse.ArgumentParser) -> str:
     """The message of ``e``; a refused setting (and any it mentions) that ``parser`` has an
-    option for is spelled with its flag (``--seed -5 is invalid; ...``). ``classes``: the
-    settings classes, whose field names may differ from their options' dests."""
+    option for is spelled with its flag (``--seed -5 is invalid; ...``), whatever the field's
+    own name (``vib_channels`` is ``--bottleneck-channels``)."""
     if not isinstance(e, SettingError):
         return str(e)
-    dests = {f.name: _flag(f)[1] for cls in classes for f in _declared(cls, None)}
     opts = options(parser)
+    by_setting = opts | {a.setting: a for a in opts.values() if hasattr(a, "setting")}
 
     def flag(name: str) -> str | None:
-        action = opts.get(name) or opts.get(dests.get(name, ""))
+        action = by_setting.get(name)
         return None if action is None else next(
             s for s in action.option_strings if s.startswith("--"))
 
     own = flag(e.name)
     if own is None:
         setting = f"{e.name}={e.value!r}"
-    elif e.value is None or opts.get(e.name, opts.get(dests.get(e.name, ""))).nargs == 0:
+    elif e.value is None or by_setting[e.name].nargs == 0:
         setting = own if e.value in (None, True) else f"without {own}"
     else:
         setting = f"{own} {e.value}"

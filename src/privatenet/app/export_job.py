@@ -17,15 +17,18 @@ model's input size), or, where that data cannot be loaded any more, seeded rando
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from privatenet.app.jobs import _model_stem, load_model
+from privatenet.checks import check_seed, is_int
 from privatenet.data import load_dataset
 from privatenet.data.cache import check_cache_dir
 from privatenet.errors import PrivatenetError, SettingError
 from privatenet.export import EXPORT_FILES, OPSET, check_split, export_split, require_deploy
+from privatenet.settings import setting
 from privatenet.storage import checkpoint_digest, write_json, write_yaml
 from privatenet.train.rundir import open_disposable_run
 
@@ -38,12 +41,23 @@ MAX_CHECK_IMAGES = 256
 _JOB_FILES = ("config.yaml", "results.json")
 
 
-def _check_count(check_images: object) -> int:
-    if isinstance(check_images, bool) or not isinstance(check_images, int) or not (
-            1 <= check_images <= MAX_CHECK_IMAGES):
-        raise SettingError("check_images", check_images, f"is invalid; give an integer "
-                                                         f"1..{MAX_CHECK_IMAGES}")
-    return check_images
+@dataclass
+class ExportCheck:
+    """The images that check an export against torch, checked on creation."""
+
+    check_images: int = setting(CHECK_IMAGES, "images that check the ONNX files against torch "
+                                              "(the first of the test split)")
+    random_check: bool = setting(False, "check with seeded random images instead of data")
+    seed: int = setting(0, "seed of the random check images")
+
+    def __post_init__(self) -> None:
+        if not is_int(self.check_images) or not 1 <= self.check_images <= MAX_CHECK_IMAGES:
+            raise SettingError("check_images", self.check_images,
+                               f"is invalid; give an integer 1..{MAX_CHECK_IMAGES}")
+        if not isinstance(self.random_check, bool):
+            raise SettingError("random_check", self.random_check, "is invalid; give True or "
+                                                                  "False")
+        check_seed(self.seed)
 
 
 def _random_images(n: int, size: int, seed: int) -> torch.Tensor:
@@ -95,7 +109,7 @@ def export_job(*, model_run: str | Path, tap: str, out: str | Path,
     Every input is checked before ``out`` is claimed; a folder holding a finished export is
     refused. Returns the content of ``export.json``.
     """
-    count = _check_count(check_images)
+    count = ExportCheck(check_images, random_check, seed).check_images
     # Refused here, not where the run's own data falls back to random images on an error.
     check_cache_dir(cache_dir, out=out)
     net, meta = load_model(model_run)

@@ -21,7 +21,8 @@ from privatenet.app.defences import BOTTLENECKED, ERASING, TRAINED_THEN_ERASED, 
 from privatenet.app.report import audit_markdown, plot_audit
 from privatenet.auditing import AUDIT_PROTOCOL, AuditConfig, audit
 from privatenet.bottleneck import bottleneck_at_tap
-from privatenet.data.base import ATTACKER_SPLIT, Dataset, Split
+from privatenet.data.base import ATTACKER_SPLIT, Dataset, Split, carve_attacker_split
+from privatenet.data.config import DataConfig
 from privatenet.data.labels import EMOTIONS
 from privatenet.data.transforms import normalize
 from privatenet.erasure import erase_at_tap, fit_eraser
@@ -127,6 +128,18 @@ def model_meta(run: str | Path) -> dict:
     stem = _model_stem(run)
     return check_module_meta(load_checkpoint_meta(stem), stem.with_suffix(".json"),
                              required=("data",))
+
+
+def data_of_run(run: str | Path, data: DataConfig, *, out: str | Path | None = None) -> Dataset:
+    """The data set to attack the network of ``run`` on: ``data``'s settings where given, else
+    the run's own (its spec holds absolute paths), with the attacker split carved again where
+    the run carved one (``reproduce``), so that its train split is exactly the network's rows.
+    ``out``: the folder the caller writes (checked against the cache folder)."""
+    meta = model_meta(run)
+    loaded = DataConfig(data.data or meta["data"], data.image_size or meta.get("image_size"),
+                        data.cache_dir).load(out=out)
+    carve = None if data.data else meta.get("attacker_carve")
+    return carve_attacker_split(loaded, **carve) if carve else loaded
 
 
 def _adversary_stem(run: str | Path) -> Path:

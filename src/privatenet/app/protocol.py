@@ -59,7 +59,8 @@ from privatenet.errors import PrivatenetError, SettingError
 from privatenet.losses import DEFAULT_LAM, PAPER_LOSSES, check_lam, check_loss
 from privatenet.metrics import robustness
 from privatenet.models import default_adversary
-from privatenet.models.registry import check_model_name, check_tap, model_options, model_taps
+from privatenet.models.config import ModelConfig
+from privatenet.models.registry import check_tap, model_taps
 from privatenet.regularizer import ADVERSARY_UPDATES, check_update
 from privatenet.settings import same_setting, setting
 from privatenet.storage import read_json, write_json, write_yaml
@@ -93,8 +94,7 @@ class ProtocolConfig:
     target: str = setting("emotion", "task column (default emotion)")
     private: list[str] = setting(help="comma list of private attributes (default gender,age)",
                                  factory=lambda: ["gender", "age"], list="str")
-    model: str = setting("arm_resnet18", "network (default arm_resnet18, the paper's)",
-                         type=check_model_name)
+    model: str = same_setting(ModelConfig, "model", "arm_resnet18")
     taps: list[str] | None = setting(None, "comma list of taps to attack and protect (default: "
                                            "all of the model's)", list="str")
     losses: list[str] = setting(help="comma list of defences (default all: "
@@ -115,9 +115,7 @@ class ProtocolConfig:
                  "alternating (trained alongside; the report adds its accuracy)",
         choices=ADVERSARY_UPDATES, flag="--adversary-update", aliases=("--adversarial-update",))
     image_size: int | None = same_setting(DataConfig, "image_size", 224)
-    backbone_weights: str | None = setting(
-        None, "torchvision ResNet-18 weights file the original networks start from (the "
-              "paper: ImageNet, resnet18-f37072fd.pth); part of the stage keys")
+    backbone_weights: str | None = same_setting(ModelConfig, "backbone_weights")
     seeds: int = setting(1, "repeat Tables 1-2 and the sweep for seeds seed..seed+N-1 and "
                             "report mean and std (default 1, at most 100)")
     audit_zoo: str = setting("full", "attacker zoo of the audit column in Tables 1-2 (default "
@@ -166,7 +164,8 @@ class ProtocolConfig:
         if self.target in self.private:
             raise PrivatenetError(f"the private attributes include the task target "
                                   f"{self.target!r}; protect other columns than the task")
-        check_model_name(self.model)
+        # the network's settings, checked there (the name; a weights file it takes)
+        self.backbone_weights = ModelConfig(self.model, self.backbone_weights).backbone_weights
         # The model's taps need no data: a bad tap is refused before anything is decoded.
         for tap in self.taps or ():
             check_tap(self.model, tap)
@@ -186,17 +185,6 @@ class ProtocolConfig:
             AuditConfig(zoo=self.audit_zoo)
         self.attacker_share = check_attacker_share(self.attacker_share)
         check_channels(self.vib_channels)
-        if self.backbone_weights is not None:
-            if "backbone_weights" not in model_options(self.model):
-                raise SettingError("backbone_weights", self.backbone_weights,
-                                   f"is for arm_resnet18 or resnet18; model {self.model!r} "
-                                   "takes no backbone weights")
-            path = Path(self.backbone_weights).expanduser()
-            if not path.is_file():
-                raise SettingError("backbone_weights", self.backbone_weights,
-                                   "is no file; give the path of torchvision's ResNet-18 "
-                                   "weights (resnet18-f37072fd.pth)")
-            self.backbone_weights = str(path.resolve())
 
     def stage_config(self, epochs: int) -> TrainConfig:
         """The task networks' optimisation settings with ``epochs`` epochs."""
@@ -247,7 +235,7 @@ def _sweep_of(config: ProtocolConfig, taps: list[str]) -> tuple[str, str]:
 #: and 20 epochs; ``demo`` the CPU demo on synthfaces (3,000 faces, so that it runs in under 5
 #: minutes on 2 cores; the backbone tap and age, the paper's two losses, leace and vib, a
 #: three-point sweep); ``smoke`` a seconds-long check of the plumbing.
-#: Without a preset, every defence is compared (:data:`~privatenet.app.jobs.DEFENCES`).
+#: Without a preset, every defence is compared (:data:`~privatenet.app.defences.DEFENCES`).
 PRESETS: dict[str, dict] = {
     "paper": {"model": "arm_resnet18", "image_size": 224, "epochs": 200,
               "adversary_epochs": 200, "privacy_epochs": 200, "batch_size": 256,

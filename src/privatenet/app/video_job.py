@@ -32,15 +32,17 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from privatenet.app.jobs import file_digest
-from privatenet.errors import PrivatenetError
+from privatenet.errors import PrivatenetError, SettingError
 from privatenet.readers import MAX_JSON_BYTES, read_bytes
+from privatenet.settings import setting
 from privatenet.storage import atomic_write_bytes, checkpoint_digest, write_json, write_yaml
 from privatenet.train.rundir import open_disposable_run
 from privatenet.video.annotate import draw_faces
-from privatenet.video.classify import OnnxSplitClassifier, TorchClassifier
+from privatenet.video.classify import OnnxSplitClassifier, TorchClassifier, check_threads
 from privatenet.video.pipeline import FaceAnalyzer, analyze_video
 from privatenet.video.reader import VideoReader, check_every
 from privatenet.video.writer import VideoWriter, pick_codec
@@ -153,6 +155,23 @@ def _leftovers(folder: Path) -> list[Path]:
         p for p in folder.glob(".*.tmp") if p.is_file()]
 
 
+@dataclass
+class VideoConfig:
+    """How ``video`` goes over a file, checked on creation (the pipeline's own settings keep
+    the library's defaults)."""
+
+    every: int = setting(1, "process every N-th frame only (1: every frame)")
+    annotate: bool = setting(False, "also write annotated.mp4: boxes, track ids and labels")
+    threads: int | None = setting(None, "CPU threads of the classifier (unset: torch's or ONNX "
+                                        "Runtime's, one per core; 1 is as fast on a face crop)")
+
+    def __post_init__(self) -> None:
+        check_every(self.every)
+        if not isinstance(self.annotate, bool):
+            raise SettingError("annotate", self.annotate, "is invalid; give True or False")
+        check_threads(self.threads)
+
+
 def video_job(*, input: str | os.PathLike, model: str | os.PathLike, out: str | os.PathLike,
               annotate: bool = False, every: int = 1, detector=None,
               margin: float | None = None, alpha: float | None = None,
@@ -170,7 +189,7 @@ def video_job(*, input: str | os.PathLike, model: str | os.PathLike, out: str | 
     the classifier (``None``: torch's or ONNX Runtime's default). ``on_frame(frames_read,
     frames_announced_or_None)``: called after each processed frame (progress bars).
     """
-    check_every(every)
+    VideoConfig(every=every, annotate=bool(annotate), threads=threads)
     options = {k: v for k, v in {"margin": margin, "alpha": alpha,
                                  "iou_threshold": iou_threshold,
                                  "max_missed": max_missed}.items() if v is not None}

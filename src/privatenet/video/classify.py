@@ -48,7 +48,7 @@ from privatenet.video.detect import check_frame
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_MARGIN", "Classifier", "OnnxSplitClassifier", "TorchClassifier",
-           "crop_box", "crop_faces", "read_export"]
+           "check_threads", "crop_box", "crop_faces", "read_export"]
 
 #: Margin added around a detected box on each side, as a share of its side.
 DEFAULT_MARGIN = 0.2
@@ -128,7 +128,8 @@ def _check_classes(classes: object, where: str) -> tuple[str, ...]:
     return tuple(classes)
 
 
-def _check_threads(threads: object) -> int | None:
+def check_threads(threads: object) -> int | None:
+    """``threads`` if it is ``None`` or a whole number >= 1, else one line."""
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                 or threads < 1):
         raise SettingError("threads", threads, "is invalid; give a whole number >= 1 (or "
@@ -160,7 +161,7 @@ class TorchClassifier:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.classes = _check_classes(list(classes), "TorchClassifier")
         self.image_size = int(image_size)
-        self.threads = _check_threads(threads)
+        self.threads = check_threads(threads)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         #: False when some layer mixes the batch in eval mode: crops then run one at a time.
@@ -288,7 +289,7 @@ class OnnxSplitClassifier:
 
     def __init__(self, folder: str | os.PathLike, *, threads: int | None = None) -> None:
         self.folder = Path(folder)
-        threads = _check_threads(threads)
+        threads = check_threads(threads)
         doc = read_export(self.folder)
         ort = require("onnxruntime", what="running an export folder")
         inp = doc["input"]
