@@ -47,9 +47,33 @@ def test_tiny_run_figures(tiny):
     assert (result["model"], result["image_size"], result["batch_size"], result["steps"],
             result["warmup"], result["latency_iters"]) == ("arm_small", 33, 4, 1, 0, 2)
     assert result["environment"]["threads"] == torch.get_num_threads()
+    # the machine's own limit beside every variant: the training rate in FLOP/s over the GEMM's
+    assert result["gemm_gflop_per_s"]["fp32"] > 0 and result["train_gflop_per_image"] > 0
+    for v in result["variants"]:
+        assert v["train_gflop_per_s"] == pytest.approx(
+            result["train_gflop_per_image"] * v["train_images_per_s"])
+        assert v["gemm_fraction"] == pytest.approx(
+            v["train_gflop_per_s"] / result["gemm_gflop_per_s"]["fp32"])
     assert json.loads(json.dumps(result)) == result
     assert ("train", 1, 1) in calls and ("latency", 2, 2) in calls
     assert torch.equal(rng_before, rng_after)  # the fixed seed did not leak to the caller
+
+
+def test_training_flops_count_forward_and_backward_products():
+    # 12 -> 5 -> 7: forward 2*(12*5 + 5*7) FLOPs per image; backward, the weight gradients of
+    # both layers (the same count) and the input gradient of the second only (the images need
+    # none); the biases and the loss are not products
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5), torch.nn.Linear(5, 7))
+    x, y = torch.randn(4, 3, 2, 2), torch.tensor([0, 1, 2, 3])
+    assert bench.training_flops(net, x, y) == 2 * (12 * 5 + 5 * 7) * 2 + 2 * 5 * 7
+    assert all(p.grad is None for p in net.parameters())  # counting leaves no gradient behind
+
+
+def test_gemm_rate_is_the_product_count_over_the_median_time(monkeypatch):
+    ticks = iter(range(100))
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(ticks))
+    # every timed product lasts from one reading of the clock to the next: 1 s
+    assert bench.gemm_rate(torch.device("cpu"), side=8, reps=3) == 2 * 8**3 / 1e9
 
 
 def test_format_table_mentions_every_variant(tiny):
@@ -221,11 +245,12 @@ def _variant_keys(monkeypatch, native, **kwargs):
 
 def test_default_variants_leave_out_emulated_bf16(monkeypatch):
     keys, skipped = _variant_keys(monkeypatch, native=False)
-    assert keys == ["public", "fp32", "channels_last"]
+    assert keys == ["public", "fp32", "fused", "channels_last", "channels_last+fused"]
     assert set(skipped) == {"bf16", "channels_last+bf16", "compile"}
     assert "no native bf16" in skipped["bf16"] and "--variants bf16" in skipped["bf16"]
     keys, skipped = _variant_keys(monkeypatch, native=True)
-    assert keys == ["public", "fp32", "channels_last", "bf16", "channels_last+bf16"]
+    assert keys == ["public", "fp32", "fused", "channels_last", "channels_last+fused", "bf16",
+                    "channels_last+bf16"]
     assert set(skipped) == {"compile"}
 
 

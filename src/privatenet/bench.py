@@ -39,6 +39,7 @@ from typing import Any
 import torch
 import torchvision
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from privatenet.data.spec import check_image_size
 from privatenet.errors import PrivatenetError, SettingError
@@ -59,7 +60,9 @@ log = logging.getLogger(__name__)
 VARIANTS = {
     "public": "public re-creation, fp32",
     "fp32": "ours, fp32",
+    "fused": "ours, fp32, fused Adam",
     "channels_last": "ours, channels_last fp32",
+    "channels_last+fused": "ours, channels_last fp32, fused Adam",
     "bf16": "ours, bf16 autocast",
     "channels_last+bf16": "ours, channels_last bf16 autocast",
     "compile": "ours, torch.compile fp32",
@@ -78,6 +81,11 @@ MEMORY_STEPS = 2
 LATENCY_WARMUP = 3
 _NUM_CLASSES = 7
 _SEED = 0
+#: Side of the square matrices whose product measures the device's own dense-math rate (on a
+#: GPU, larger: a 2048 product does not fill one).
+GEMM_SIDE = {"cpu": 2048, "cuda": 8192}
+#: Timed products of that measurement (the median is reported), after 3 untimed ones.
+GEMM_REPS = 10
 
 
 class PublicAmend(nn.Module):
@@ -162,6 +170,43 @@ def environment(device: torch.device) -> dict:
     }
 
 
+def gemm_rate(device: torch.device, *, dtype: torch.dtype = torch.float32,
+              side: int | None = None, reps: int = GEMM_REPS) -> float:
+    """The device's own dense-math rate in GFLOP/s: the median over ``reps`` timed products of
+    two ``side`` x ``side`` matrices (2 side^3 FLOPs each; default :data:`GEMM_SIDE`), on
+    torch's threads, after 3 untimed ones. The yardstick of a training step's rate: what the
+    same machine reaches on the one operation it is fastest at."""
+    device = torch.device(device)
+    side = side or GEMM_SIDE.get(device.type, 2048)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(_SEED)
+        a = torch.randn(side, side, device=device, dtype=dtype)
+        b = torch.randn(side, side, device=device, dtype=dtype)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(reps):
+        sync()
+        start = time.perf_counter()
+        a @ b
+        sync()
+        times.append(time.perf_counter() - start)
+    return 2 * side**3 / statistics.median(times) / 1e9
+
+
+def training_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """FLOPs of one training step per image (forward, cross-entropy and backward; 2 per
+    multiply-accumulate, as :class:`torch.utils.flop_counter.FlopCounterMode` counts matrix
+    products and convolutions), counted on two images of ``x`` (a step's count grows with the
+    batch). The optimizer's element-wise update is not counted."""
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        nn.functional.cross_entropy(_logits(model, x[:2]), y[:2]).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 2
+
+
 # ---------------------------------------------------------------------------------- memory
 
 
@@ -204,6 +249,7 @@ class _Variant:
     y: torch.Tensor
     autocast: bool
     device: torch.device
+    fused: bool = False
     opt: torch.optim.Optimizer = field(init=False)
     step_s: list[float] = field(default_factory=list)
     latency_ms: list[float] = field(default_factory=list)
@@ -211,7 +257,9 @@ class _Variant:
     baseline_mb: float | None = None
 
     def __post_init__(self) -> None:
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3, weight_decay=1e-4)
+        # fused: one kernel for the whole update instead of a few per parameter tensor
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3, weight_decay=1e-4,
+                                    **({"fused": True} if self.fused else {}))
 
     def _sync(self) -> None:
         if self.device.type == "cuda":  # GPU work is asynchronous: time what has finished
@@ -443,21 +491,32 @@ def _measure(model: str, size: int, bs: int, dev: torch.device, steps: int, warm
         log.info("parity (ours, batch affinity, vs public re-creation): %.2e", parity)
         progress("parity", 1, 1)
 
-    makers: dict[str, tuple[Callable[[], nn.Module], bool, bool]] = {
-        "public": (public, False, False),
-        "fp32": (ours, False, False),
-        "channels_last": (lambda: ours().to(memory_format=torch.channels_last), True, False),
-        "bf16": (ours, False, True),
-        "channels_last+bf16": (lambda: ours().to(memory_format=torch.channels_last), True,
-                               True),
-        "compile": (lambda: torch.compile(ours()), False, False),
+    def cl() -> nn.Module:
+        return ours().to(memory_format=torch.channels_last)
+
+    makers: dict[str, tuple[Callable[[], nn.Module], bool, bool, bool]] = {
+        "public": (public, False, False, False),
+        "fp32": (ours, False, False, False),
+        "fused": (ours, False, False, True),
+        "channels_last": (cl, True, False, False),
+        "channels_last+fused": (cl, True, False, True),
+        "bf16": (ours, False, True, False),
+        "channels_last+bf16": (cl, True, True, False),
+        "compile": (lambda: torch.compile(ours()), False, False, False),
     }
+    torch.manual_seed(_SEED)
+    flops = training_flops(ours(), x, y)  # per image; the same network in every variant
+    gemm = {"fp32": gemm_rate(dev)}
+    if any("bf16" in k for k in keys):
+        gemm["bf16"] = gemm_rate(dev, dtype=torch.bfloat16)
+    log.info("%.2f GFLOP per training image; GEMM %s", flops / 1e9,
+             ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in gemm.items()))
     runs = []
     for key in keys:
-        make, channels_last, autocast = makers[key]
+        make, channels_last, autocast, fused = makers[key]
         torch.manual_seed(_SEED)  # every variant starts from the same weights
         runs.append(_Variant(key, make(), xc if channels_last else x,
-                             x1c if channels_last else x1, y, autocast, dev))
+                             x1c if channels_last else x1, y, autocast, dev, fused))
 
     # memory first and one variant at a time: the timed passes interleave the variants, so
     # their peaks could not be told apart
@@ -497,6 +556,9 @@ def _measure(model: str, size: int, bs: int, dev: torch.device, steps: int, warm
     ips = {r["key"]: r["train_images_per_s"] for r in rows}
     for r in rows:
         r["ratio"] = r["train_images_per_s"] / ips[reference] if reference else None
+        r["train_gflop_per_s"] = flops * r["train_images_per_s"] / 1e9
+        r["gemm_fraction"] = r["train_gflop_per_s"] / gemm["bf16" if "bf16" in r["key"]
+                                                            else "fp32"]
         log.info("%s: %.2f train img/s, batch-1 %.2f ms", r["key"], r["train_images_per_s"],
                  r["latency_ms_mean"])
 
@@ -526,6 +588,8 @@ def _measure(model: str, size: int, bs: int, dev: torch.device, steps: int, warm
         "latency_iters": latency_iters,
         "compile": compile,
         "reference": reference,
+        "train_gflop_per_image": flops / 1e9,
+        "gemm_gflop_per_s": gemm,
         "parity_max_abs_diff": parity,
         "variants": rows,
         "fastest": max(rows, key=lambda r: r["train_images_per_s"])["key"],
@@ -549,11 +613,13 @@ def _recommend(ips: dict[str, float], env: dict, model: str, size: int, bs: int,
     # bf16 against channels_last fp32), channels_last likewise
     bf16_pair = _speedup(ips, [("bf16", "fp32"), ("channels_last+bf16", "channels_last")])
     cl_pair = _speedup(ips, [("channels_last", "fp32"), ("channels_last+bf16", "bf16")])
-    bf16, cl = (None if p is None else p[0] for p in (bf16_pair, cl_pair))
+    fused_pair = _speedup(ips, [("fused", "fp32"), ("channels_last+fused", "channels_last")])
+    bf16, cl, fused = (None if p is None else p[0] for p in (bf16_pair, cl_pair, fused_pair))
     fastest = max(ips, key=ips.__getitem__)
     parts = [f"for training {model} at {size}x{size}, batch {bs} on {dev}: fastest is "
              f"{fastest} ({VARIANTS[fastest]})"]
-    for name, pair in (("bf16 autocast", bf16_pair), ("channels_last", cl_pair)):
+    for name, pair in (("bf16 autocast", bf16_pair), ("channels_last", cl_pair),
+                       ("fused Adam", fused_pair)):
         if pair is not None:
             ratio, a, b = pair
             verdict = "pays" if ratio > PAYS else "does not pay"
@@ -565,6 +631,8 @@ def _recommend(ips: dict[str, float], env: dict, model: str, size: int, bs: int,
         "bf16_speedup": bf16,
         "channels_last_pays": None if cl is None else cl > PAYS,
         "channels_last_speedup": cl,
+        "fused_pays": None if fused is None else fused > PAYS,
+        "fused_speedup": fused,
         "bf16_emulated": emulated,
         "summary": "; ".join(parts),
     }
@@ -639,8 +707,12 @@ def format_table(result: dict) -> str:
         f"{'yes' if env['bf16_native'] else 'no'}; {result['model']} {size}x{size}, train "
         f"batch {result['batch_size']}, {result['steps']} timed steps after {result['warmup']} "
         f"warm-up, variants interleaved step by step",
-        f"{'variant':34s} {'train img/s':>11s} {'(median)':>9s} {'ratio':>7s} "
-        f"{'batch-1 ms':>17s} {'peak MB (base)':>16s}",
+        "the machine's own limit: GEMM "
+        + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in result["gemm_gflop_per_s"].items())
+        + f" (measured now); a training step: {result['train_gflop_per_image']:.2f} GFLOP per "
+        "image",
+        f"{'variant':38s} {'train img/s':>11s} {'(median)':>9s} {'ratio':>7s} {'GFLOP/s':>8s} "
+        f"{'of GEMM':>7s} {'batch-1 ms':>17s} {'peak MB (base)':>16s}",
     ]
     for r in result["variants"]:
         ratio = f"{r['ratio']:6.2f}x" if r["ratio"] is not None else f"{'-':>7s}"
@@ -651,9 +723,10 @@ def format_table(result: dict) -> str:
             mem = f"{r['peak_memory_mb']:8.0f} ({base:5.0f})" if base is not None else \
                 f"{r['peak_memory_mb']:8.0f}        "
         lines.append(
-            f"{r['label']:34s} {r['train_images_per_s']:11.2f} "
-            f"{r['train_images_per_s_median']:9.2f} {ratio} "
-            f"{r['latency_ms_mean']:9.2f} ± {r['latency_ms_std']:5.2f} {mem}"
+            f"{r['label']:38s} {r['train_images_per_s']:11.2f} "
+            f"{r['train_images_per_s_median']:9.2f} {ratio} {r['train_gflop_per_s']:8.1f} "
+            f"{r['gemm_fraction']:7.0%} {r['latency_ms_mean']:9.2f} ± "
+            f"{r['latency_ms_std']:5.2f} {mem}"
         )
     if result["parity_max_abs_diff"] is not None:
         lines.append("parity (ours, batch affinity, vs public re-creation, eval): max |logit "
