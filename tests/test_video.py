@@ -33,6 +33,8 @@ from privatenet.data.labels import AGE_GROUPS, EMOTIONS, GENDERS  # noqa: E402
 from privatenet.errors import PrivatenetError  # noqa: E402
 from privatenet.video import (  # noqa: E402
     Detection,
+    DlibHogDetector,
+    Downscaled,
     EmaSmoother,
     FaceAnalyzer,
     HaarFaceDetector,
@@ -44,6 +46,7 @@ from privatenet.video import (  # noqa: E402
     crop_box,
     crop_faces,
     iou,
+    make_detector,
 )
 
 W, H, FPS = 160, 120, 15
@@ -379,6 +382,72 @@ def test_pipeline_tracks_and_smooths_with_a_scripted_detector():
     assert out[1][0].probs == pytest.approx([0.5, 0.5])
     assert out[2][0].probs == pytest.approx([0.25, 0.75]) and out[2][0].label == "b"
     assert out[1][1].probs == pytest.approx([0, 1])
+
+
+def test_detection_every_n_frames_carries_the_faces_in_between():
+    calls = []
+
+    class Counting(_Script):
+        def detect(self, frame):
+            calls.append(int(frame[0, 0, 0]))
+            return super().detect(frame)
+
+    box = (10, 10, 50, 50)
+    analyzer = FaceAnalyzer(classifier=_Fixed(), detector=Counting([[box], [], [box]]),
+                            detect_every=3)
+    out = [analyzer.process(np.full((H, W, 3), i, np.uint8)) for i in range(7)]
+    assert calls == [0, 3, 6]  # the detector saw frames 0, 3 and 6 only
+    # frames 1-2 classify the face found on frame 0 where it was; frame 3 found none, so
+    # frames 3-5 have none; frame 6 finds it again
+    assert [[f.box for f in faces] for faces in out] == [[box]] * 3 + [[]] * 3 + [[box]]
+    assert out[1][0].raw == pytest.approx([1 / 255, 254 / 255])  # this frame's crop, anew
+    assert analyzer.config["detect_every"] == 3
+    with pytest.raises(PrivatenetError, match="detect_every=0 is invalid"):
+        FaceAnalyzer(classifier=_Fixed(), detector=Counting([]), detect_every=0)
+
+
+def test_a_downscaled_detector_sees_a_small_frame_and_reports_full_size_boxes():
+    seen = []
+
+    class Half:
+        def detect(self, frame):
+            seen.append(frame.shape)
+            return [Detection((10, 20, 30, 40), 2.0)]
+
+    det = Downscaled(Half(), side=320)
+    assert det.detect(np.zeros((480, 640, 3), np.uint8)) == [Detection((20, 40, 60, 80), 2.0)]
+    assert seen == [(240, 320, 3)]
+    # a frame no larger than the side is passed as it is
+    assert det.detect(np.zeros((200, 300, 3), np.uint8)) == [Detection((10, 20, 30, 40), 2.0)]
+    with pytest.raises(PrivatenetError, match="detect_side=16 is invalid"):
+        Downscaled(Half(), side=16)
+    with pytest.raises(PrivatenetError, match="detector='nope' is unknown"):
+        make_detector("nope")
+
+
+def test_dlib_hog_detector_finds_nothing_in_noise():
+    pytest.importorskip("dlib")
+    detector = make_detector("dlib-hog")
+    rng = np.random.default_rng(1)
+    assert detector.detect(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)) == []
+    assert detector.config == {"name": "dlib-hog", "upsample": 0}
+    with pytest.raises(PrivatenetError, match="upsample=3 is invalid"):
+        DlibHogDetector(upsample=3)
+
+
+def test_video_detection_settings_reach_the_summary(clips, train_run, tmp_path, capsys):
+    code, out, err = _video(capsys, clips["one"], "--run", train_run, "--out", tmp_path / "o",
+                            "--detect-side", "0", "--detect-every", "2")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["detector"] == {**HaarFaceDetector().config}  # the full frame: no side
+    code, _, err = _video(capsys, clips["one"], "--run", train_run, "--out", tmp_path / "p")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert summary["detector"]["detect_side"] == 320  # the default
+    code, _, err = _video(capsys, clips["one"], "--run", train_run, "--out", tmp_path / "q",
+                          "--detector", "nope")
+    assert code == 2 and "--detector" in err and not (tmp_path / "q").exists()
 
 
 # ---------------------------------------------------------------- one face never depends on another

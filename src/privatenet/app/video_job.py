@@ -43,6 +43,7 @@ from privatenet.storage import atomic_write_bytes, checkpoint_digest, write_json
 from privatenet.train.rundir import open_disposable_run
 from privatenet.video.annotate import draw_faces
 from privatenet.video.classify import OnnxSplitClassifier, TorchClassifier, check_threads
+from privatenet.video.detect import DETECTORS, make_detector
 from privatenet.video.pipeline import FaceAnalyzer, analyze_video
 from privatenet.video.reader import VideoReader, check_every
 from privatenet.video.writer import VideoWriter, pick_codec
@@ -155,18 +156,40 @@ def _leftovers(folder: Path) -> list[Path]:
         p for p in folder.glob(".*.tmp") if p.is_file()]
 
 
+#: The defaults of ``privatenet video``'s detection, chosen by measured recall and frame rate
+#: (docs/design.md §4.3, README "export and video").
+DEFAULT_DETECTOR = "haar"
+DETECT_SIDE: int | None = 320
+DETECT_EVERY = 1
+
+
 @dataclass
 class VideoConfig:
     """How ``video`` goes over a file, checked on creation (the pipeline's own settings keep
     the library's defaults)."""
 
     every: int = setting(1, "process every N-th frame only (1: every frame)")
+    detector: str = setting(DEFAULT_DETECTOR, "face detector: haar (OpenCV's cascade) or "
+                                              "dlib-hog (dlib's HOG detector: pip install "
+                                              "dlib-bin)", choices=tuple(DETECTORS))
+    detect_side: int | None = setting(DETECT_SIDE, "run the detector on the frame shrunk to "
+                                                   "this many pixels on its longer side (0: the "
+                                                   "full frame)")
+    detect_every: int = setting(DETECT_EVERY, "detect on every N-th processed frame; in "
+                                              "between, classify each face where it was last "
+                                              "found")
     annotate: bool = setting(False, "also write annotated.mp4: boxes, track ids and labels")
     threads: int | None = setting(None, "CPU threads of the classifier (unset: torch's or ONNX "
                                         "Runtime's, one per core; 1 is as fast on a face crop)")
 
     def __post_init__(self) -> None:
         check_every(self.every)
+        check_every(self.detect_every, name="detect_every")
+        if self.detector not in DETECTORS:
+            raise SettingError("detector", self.detector,
+                               f"is unknown; use one of {', '.join(DETECTORS)}")
+        if self.detect_side == 0:  # the command line's way to say: the full frame
+            self.detect_side = None
         if not isinstance(self.annotate, bool):
             raise SettingError("annotate", self.annotate, "is invalid; give True or False")
         check_threads(self.threads)
@@ -174,6 +197,7 @@ class VideoConfig:
 
 def video_job(*, input: str | os.PathLike, model: str | os.PathLike, out: str | os.PathLike,
               annotate: bool = False, every: int = 1, detector=None,
+              detect_side: int | None = DETECT_SIDE, detect_every: int = DETECT_EVERY,
               margin: float | None = None, alpha: float | None = None,
               iou_threshold: float | None = None, max_missed: int | None = None,
               device: str = "cpu", threads: int | None = None,
@@ -183,13 +207,24 @@ def video_job(*, input: str | os.PathLike, model: str | os.PathLike, out: str | 
 
     ``model``: a finished ``train`` run folder (torch, on ``device``) or an export folder
     (ONNX Runtime). ``every``: process every N-th frame (the others are decoded but neither
-    analysed nor recorded). ``detector``: a :class:`~privatenet.video.detect.FaceDetector`
-    (default: OpenCV's Haar cascade). ``margin``, ``alpha``, ``iou_threshold``, ``max_missed``:
-    the pipeline's settings (``None``: the library's defaults). ``threads``: CPU threads of
-    the classifier (``None``: torch's or ONNX Runtime's default). ``on_frame(frames_read,
-    frames_announced_or_None)``: called after each processed frame (progress bars).
+    analysed nor recorded). ``detector``: a name of
+    :data:`~privatenet.video.detect.DETECTORS` (default :data:`DEFAULT_DETECTOR`), run on the
+    frame shrunk to ``detect_side`` pixels on its longer side (``None``: the full frame), or a
+    :class:`~privatenet.video.detect.FaceDetector` object used as it is; ``detect_every``: the
+    detector runs on every N-th processed frame (docs/design.md §4.3). ``margin``, ``alpha``,
+    ``iou_threshold``, ``max_missed``: the pipeline's settings (``None``: the library's
+    defaults). ``threads``: CPU threads of the classifier (``None``: torch's or ONNX Runtime's
+    default). ``on_frame(frames_read, frames_announced_or_None)``: called after each processed
+    frame (progress bars).
     """
-    VideoConfig(every=every, annotate=bool(annotate), threads=threads)
+    if detector is None or isinstance(detector, str):
+        video = VideoConfig(every=every, detector=detector or DEFAULT_DETECTOR,
+                            detect_side=detect_side, detect_every=detect_every,
+                            annotate=bool(annotate), threads=threads)
+        detector = make_detector(video.detector, side=video.detect_side)
+    else:
+        VideoConfig(every=every, detect_every=detect_every, annotate=bool(annotate),
+                    threads=threads)
     options = {k: v for k, v in {"margin": margin, "alpha": alpha,
                                  "iou_threshold": iou_threshold,
                                  "max_missed": max_missed}.items() if v is not None}
@@ -197,7 +232,8 @@ def video_job(*, input: str | os.PathLike, model: str | os.PathLike, out: str | 
     reader = VideoReader(input)
     try:
         classifier = open_classifier(model, device=device, threads=threads)
-        analyzer = FaceAnalyzer(classifier=classifier, detector=detector, **options)
+        analyzer = FaceAnalyzer(classifier=classifier, detector=detector,
+                                detect_every=detect_every, **options)
         codec = pick_codec() if annotate else None
         settings = {"job": "video", "input": str(input), "model": str(model), "every": every,
                     "annotate": bool(annotate), **analyzer.config}
@@ -264,8 +300,8 @@ def _run(folder: Path, *, reader: VideoReader, analyzer: FaceAnalyzer, settings:
         "every": every,
         "faces": faces,
         "model": classifier.config,
-        **{k: v for k, v in settings.items() if k in ("detector", "tracker", "margin",
-                                                      "smoothing")},
+        **{k: v for k, v in settings.items() if k in ("detector", "detect_every", "tracker",
+                                                      "margin", "smoothing")},
         "tracks": [_track_summary(t, tracks[t], classes, step) for t in sorted(tracks)],
         "processing": {"seconds": round(seconds, 3),
                        "frames_read_per_s": round(reader.read / seconds, 2) if seconds else None,

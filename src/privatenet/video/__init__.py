@@ -16,13 +16,25 @@ from privatenet.video.classify import (
     crop_faces,
     read_export,
 )
-from privatenet.video.detect import Detection, FaceDetector, HaarFaceDetector
+from privatenet.video.detect import (
+    DETECTORS,
+    Detection,
+    DlibHogDetector,
+    Downscaled,
+    FaceDetector,
+    HaarFaceDetector,
+    make_detector,
+)
 from privatenet.video.pipeline import FaceAnalyzer, FaceResult, FrameResult, analyze_video
 from privatenet.video.reader import Frame, VideoInfo, VideoReader
 from privatenet.video.track import EmaSmoother, IoUTracker, iou
 from privatenet.video.writer import VideoWriter, pick_codec
 
 __all__ = [
+    "DETECTORS",
+    "DlibHogDetector",
+    "Downscaled",
+    "make_detector",
     "Classifier",
     "Detection",
     "EmaSmoother",

@@ -12,13 +12,14 @@ from types import ModuleType
 
 from privatenet.errors import PrivatenetError
 
-#: Module name -> (pip package, extra that installs it).
+#: Module name -> (pip package, extra that installs it, or None: a package of its own, such as
+#: the optional second face detector).
 _PACKAGES = {"av": ("av", "video"), "cv2": ("opencv-python-headless<5", "video"),
-             "onnxruntime": ("onnxruntime", "deploy")}
+             "dlib": ("dlib-bin", None), "onnxruntime": ("onnxruntime", "deploy")}
 
 
 def require(module: str, *, what: str = "privatenet video") -> ModuleType:
-    """Import ``module`` (one of ``av``, ``cv2``, ``onnxruntime``), or raise a one-line
+    """Import ``module`` (one of ``av``, ``cv2``, ``dlib``, ``onnxruntime``), or raise a one-line
     :class:`PrivatenetError` naming the package and the extra that installs it."""
     package, extra = _PACKAGES[module]
     try:
@@ -27,5 +28,6 @@ def require(module: str, *, what: str = "privatenet video") -> ModuleType:
         first = (str(e).splitlines() or [""])[0]
         missing = getattr(e, "name", None) == module
         state = "is not installed" if missing else f"cannot be imported ({first})"
-        raise PrivatenetError(f"{what} needs {package!r}, which {state}; install the {extra} "
-                              f'extra: pip install -e ".[{extra}]"') from None
+        how = (f'install the {extra} extra: pip install -e ".[{extra}]"' if extra
+               else f"install it: pip install {package}")
+        raise PrivatenetError(f"{what} needs {package!r}, which {state}; {how}") from None

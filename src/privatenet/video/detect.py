@@ -10,6 +10,10 @@ pixels (x1, y1 exclusive) and a score (higher: more confident; its scale is the 
 least ``min_size`` pixels; profiles, strongly rotated or small faces are missed, and it has
 false positives on textured backgrounds. Its score is the number of neighbouring raw detections
 merged into the box (OpenCV's ``detectMultiScale2``), so at least ``min_neighbors``.
+:class:`DlibHogDetector` is dlib's HOG detector (``pip install dlib-bin``), and
+:class:`Downscaled` runs any detector on a shrunk frame. Which one ``privatenet video`` uses, and
+on how many pixels, was chosen by measured recall on real faces and frame rate
+(``benchmarks/face_detectors.py``, ``benchmarks/video_rate.py``; docs/design.md §4.3).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import numpy as np
 from privatenet.errors import PrivatenetError, SettingError
 from privatenet.video._deps import require
 
-__all__ = ["CASCADE", "Box", "Detection", "FaceDetector", "HaarFaceDetector", "check_frame"]
+__all__ = ["CASCADE", "DETECTORS", "Box", "Detection", "DlibHogDetector", "FaceDetector",
+           "HaarFaceDetector", "check_frame", "make_detector"]
 
 #: The cascade file of :class:`HaarFaceDetector`, in ``cv2.data.haarcascades``.
 CASCADE = "haarcascade_frontalface_default.xml"
@@ -116,3 +121,82 @@ class HaarFaceDetector:
     def __repr__(self) -> str:
         return (f"HaarFaceDetector(scale_factor={self.scale_factor}, "
                 f"min_neighbors={self.min_neighbors}, min_size={self.min_size})")
+
+
+class DlibHogDetector:
+    """dlib's frontal-face detector: HOG features and a linear SVM, its weights compiled into
+    the library (the ``dlib-bin`` wheel; nothing is downloaded). It finds upright, roughly
+    frontal faces of about 80 pixels or more (``upsample`` doubles the frame that many times
+    first, for smaller faces, at four times the cost each). Its score is the SVM's margin
+    (above 0; higher: more confident)."""
+
+    def __init__(self, *, upsample: int = 0) -> None:
+        dlib = require("dlib")
+        if isinstance(upsample, bool) or not isinstance(upsample, int) or not 0 <= upsample <= 2:
+            raise SettingError("upsample", upsample, "is invalid; give 0, 1 or 2")
+        self._detector = dlib.get_frontal_face_detector()
+        self.upsample = upsample
+
+    @property
+    def config(self) -> dict:
+        return {"name": "dlib-hog", "upsample": self.upsample}
+
+    def detect(self, frame: np.ndarray) -> list[Detection]:
+        """Faces in ``frame`` (RGB uint8, H x W x 3), ordered left to right, top to bottom."""
+        frame = np.ascontiguousarray(check_frame(frame))
+        rects, scores, _ = self._detector.run(frame, self.upsample, 0.0)
+        h, w = frame.shape[:2]
+        found = [Detection((max(0, r.left()), max(0, r.top()), min(w, r.right() + 1),
+                            min(h, r.bottom() + 1)), float(s))
+                 for r, s in zip(rects, scores, strict=True)]
+        return sorted(found, key=lambda d: (d.box[0], d.box[1]))
+
+    def __repr__(self) -> str:
+        return f"DlibHogDetector(upsample={self.upsample})"
+
+
+class Downscaled:
+    """``detector`` run on the frame shrunk so that its longer side is at most ``side`` pixels
+    (area interpolation), its boxes scaled back to the frame: a detector's cost grows with the
+    pixels it scans, and a face of 100 pixels in a 640-pixel frame is still 50 in a 320-pixel
+    one. Frames already that small are passed as they are."""
+
+    def __init__(self, detector: FaceDetector, *, side: int) -> None:
+        if isinstance(side, bool) or not isinstance(side, int) or side < 32:
+            raise SettingError("detect_side", side, "is invalid; give the longer side in "
+                                                    "pixels, >= 32")
+        self.detector, self.side = detector, side
+        self._cv2 = require("cv2")
+
+    @property
+    def config(self) -> dict:
+        inner = getattr(self.detector, "config", {"name": type(self.detector).__name__})
+        return {**inner, "detect_side": self.side}
+
+    def detect(self, frame: np.ndarray) -> list[Detection]:
+        h, w = check_frame(frame).shape[:2]
+        scale = self.side / max(h, w)
+        if scale >= 1:
+            return self.detector.detect(frame)
+        small = self._cv2.resize(frame, (max(1, round(w * scale)), max(1, round(h * scale))),
+                                 interpolation=self._cv2.INTER_AREA)
+        return [Detection((int(d.box[0] / scale), int(d.box[1] / scale),
+                           min(w, int(round(d.box[2] / scale))),
+                           min(h, int(round(d.box[3] / scale)))), d.score)
+                for d in self.detector.detect(small)]
+
+    def __repr__(self) -> str:
+        return f"Downscaled({self.detector!r}, side={self.side})"
+
+
+#: The detectors ``privatenet video --detector`` offers, by name.
+DETECTORS = {"haar": HaarFaceDetector, "dlib-hog": DlibHogDetector}
+
+
+def make_detector(name: str, *, side: int | None = None) -> FaceDetector:
+    """The detector ``name`` (:data:`DETECTORS`), run on frames shrunk to ``side`` pixels on the
+    longer side when given (:class:`Downscaled`)."""
+    if name not in DETECTORS:
+        raise SettingError("detector", name, f"is unknown; use one of {', '.join(DETECTORS)}")
+    detector = DETECTORS[name]()
+    return detector if side is None else Downscaled(detector, side=side)

@@ -84,13 +84,16 @@ class FaceAnalyzer:
     ``classifier``: a :class:`~privatenet.video.classify.Classifier`; ``detector``: a
     :class:`~privatenet.video.detect.FaceDetector` (default :class:`HaarFaceDetector`);
     ``margin``: crop margin per side, as a share of the box; ``alpha``: the smoothing weight of
-    the newest frame; ``iou_threshold``, ``max_missed``: the tracker's.
+    the newest frame; ``iou_threshold``, ``max_missed``: the tracker's. ``detect_every``: run
+    the detector on every N-th frame only; in between, each face found last is classified
+    again where it was found (the detector is most of a frame's cost; a face moves little in
+    N - 1 frames).
     """
 
     def __init__(self, *, classifier: Classifier, detector: FaceDetector | None = None,
                  margin: float = DEFAULT_MARGIN, alpha: float = DEFAULT_ALPHA,
-                 iou_threshold: float = DEFAULT_IOU, max_missed: int = DEFAULT_MAX_MISSED
-                 ) -> None:
+                 iou_threshold: float = DEFAULT_IOU, max_missed: int = DEFAULT_MAX_MISSED,
+                 detect_every: int = 1) -> None:
         if not callable(getattr(classifier, "predict_proba", None)):
             raise TypeError(f"classifier must have predict_proba(crops), got "
                             f"{type(classifier).__name__}")
@@ -104,6 +107,9 @@ class FaceAnalyzer:
         self.classes = tuple(classifier.classes)
         self.tracker = IoUTracker(iou_threshold=iou_threshold, max_missed=max_missed)
         self.smoother = EmaSmoother(alpha=alpha)
+        self.detect_every = check_every(detect_every, name="detect_every")
+        self._since = 0  # frames since the last detection
+        self._last: tuple[list, list, list] = ([], [], [])  # its boxes, scores, track ids
 
     @property
     def config(self) -> dict:
@@ -112,23 +118,28 @@ class FaceAnalyzer:
         return {"detector": detector if isinstance(detector, dict)
                 else {"name": type(self.detector).__name__},
                 "tracker": self.tracker.config, "margin": self.margin,
+                "detect_every": self.detect_every,
                 "smoothing": {"method": "ema", "alpha": self.smoother.alpha}}
 
     def process(self, image: np.ndarray) -> list[FaceResult]:
         """The faces of one frame (RGB uint8, H x W x 3), in the detector's order."""
         image = check_frame(image)
-        detections = list(self.detector.detect(image))
-        boxes = [tuple(int(round(v)) for v in d[0]) for d in detections]
-        ids = self.tracker.update(boxes)
-        self.smoother.forget(self.tracker.ended)
+        if self._since % self.detect_every == 0:
+            detections = list(self.detector.detect(image))
+            boxes = [tuple(int(round(v)) for v in d[0]) for d in detections]
+            ids = self.tracker.update(boxes)
+            self.smoother.forget(self.tracker.ended)
+            self._last = (boxes, [float(d[1]) for d in detections], ids)
+        self._since += 1
+        boxes, scores, ids = self._last
         if not boxes:
             return []
         crops = crop_faces(image, boxes, size=self.classifier.image_size, margin=self.margin)
         probs = np.asarray(self.classifier.predict_proba(crops), dtype=np.float64)
         faces = []
-        for det, box, tid, p in zip(detections, boxes, ids, probs, strict=True):
+        for box, score, tid, p in zip(boxes, scores, ids, probs, strict=True):
             smoothed = self.smoother.update(tid, p)
-            faces.append(FaceResult(track=tid, box=box, score=float(det[1]), probs=smoothed,
+            faces.append(FaceResult(track=tid, box=box, score=score, probs=smoothed,
                                     raw=p, label=self.classes[int(np.argmax(smoothed))]))
         return faces
 

@@ -32,11 +32,11 @@ log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_FPS", "Frame", "VideoInfo", "VideoReader", "check_every"]
 
-def check_every(every: object) -> int:
-    """``every`` (process every N-th frame) if it is a whole number >= 1, else one line."""
+def check_every(every: object, *, name: str = "every") -> int:
+    """``every`` (every N-th frame) if it is a whole number >= 1, else one line naming
+    ``name``."""
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise SettingError("every", every, "is invalid; give a whole number >= 1 (1 processes "
-                                           "every frame)")
+        raise SettingError(name, every, "is invalid; give a whole number >= 1 (1: every frame)")
     return every
 
 
