@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -48,6 +49,8 @@ from privatenet.video import (  # noqa: E402
     iou,
     make_detector,
 )
+from privatenet.video.live import LiveReader, NewestFrame, live_source  # noqa: E402
+from privatenet.video.reader import Frame  # noqa: E402
 
 W, H, FPS = 160, 120, 15
 GREY = 128
@@ -448,6 +451,65 @@ def test_video_detection_settings_reach_the_summary(clips, train_run, tmp_path, 
     code, _, err = _video(capsys, clips["one"], "--run", train_run, "--out", tmp_path / "q",
                           "--detector", "nope")
     assert code == 2 and "--detector" in err and not (tmp_path / "q").exists()
+
+
+def test_the_newest_frame_slot_drops_what_was_not_taken():
+    slot = NewestFrame()
+    frames = [Frame(index=i, time=i / 10, image=np.zeros((2, 2, 3), np.uint8)) for i in range(3)]
+    for i, f in enumerate(frames):
+        slot.put(f, float(i))
+    frame, arrived = slot.take()
+    assert (frame.index, arrived, slot.dropped) == (2, 2.0, 2)
+    slot.put(frames[0], 5.0)
+    slot.finish()
+    assert slot.take()[0].index == 0 and slot.take() is None  # the last frame, then the end
+
+
+def test_live_sources_are_cameras_devices_or_urls():
+    assert live_source(0) == ("/dev/video0", "v4l2") == live_source("0")
+    assert live_source("/dev/video2") == ("/dev/video2", "v4l2")
+    assert live_source("rtsp://cam.local/stream") == ("rtsp://cam.local/stream", None)
+    for bad in ("clip.mp4", -1):
+        with pytest.raises(PrivatenetError, match="live="):
+            live_source(bad)
+
+
+def test_a_slow_consumer_of_a_live_source_gets_the_newest_frames(clips):
+    # the clip played as a camera delivers it; the consumer takes three frame intervals a frame
+    with LiveReader(clips["one"], pace=True) as reader:
+        taken = []
+        for frame in reader.frames():
+            taken.append(frame.index)
+            time.sleep(3 / FPS)
+        stats = reader.stats()
+    total = VideoReader(clips["one"]).info.frames
+    assert stats["frames_decoded"] == total
+    assert len(taken) + stats["frames_dropped"] == total and stats["frames_dropped"] > 0
+    assert taken == sorted(taken)  # newest first, never an older frame after a newer one
+    # the delay stays one processing time, not the whole backlog (which would reach seconds)
+    assert stats["delay_s_max"] < 1.0
+
+
+def test_video_realtime_run_records_what_it_dropped(clips, train_run, tmp_path, capsys):
+    code, out, err = _video(capsys, clips["one"], "--run", train_run, "--out", tmp_path / "o",
+                            "--realtime")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    live = summary["live"]
+    assert live["frames_decoded"] == summary["frames_read"]
+    assert summary["frames_processed"] + live["frames_dropped"] == live["frames_decoded"]
+    # each processed frame lasts until the next one processed: the face is on screen throughout
+    on_screen = sum(t["seconds_on_screen"] for t in summary["tracks"])
+    assert on_screen == pytest.approx(live["frames_decoded"] / FPS, abs=3 / FPS)
+    for argv, needle in ((["--seconds", "2"], "--seconds 2.0 is for a --live or --realtime"),
+                         (["--realtime", "--every", "2"], "--every 2 is for files"),
+                         (["--live", "--realtime"], "--realtime is for a video file")):
+        code, _, err = _video(capsys, clips["one"], "--run", train_run, "--out",
+                              tmp_path / "x", *argv)
+        assert code == 2 and needle in err, err
+    code, _, err = _video(capsys, "7", "--live", "--run", train_run, "--out", tmp_path / "x")
+    assert code == 2 and "/dev/video7: cannot open the live source" in err
+    assert not (tmp_path / "x").exists()
 
 
 # ---------------------------------------------------------------- one face never depends on another

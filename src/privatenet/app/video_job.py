@@ -44,6 +44,7 @@ from privatenet.train.rundir import open_disposable_run
 from privatenet.video.annotate import draw_faces
 from privatenet.video.classify import OnnxSplitClassifier, TorchClassifier, check_threads
 from privatenet.video.detect import DETECTORS, make_detector
+from privatenet.video.live import LiveReader
 from privatenet.video.pipeline import FaceAnalyzer, analyze_video
 from privatenet.video.reader import VideoReader, check_every
 from privatenet.video.writer import VideoWriter, pick_codec
@@ -139,14 +140,19 @@ def timeline_png(tracks: dict[int, list[tuple[float, str]]], *, classes: tuple[s
 
 
 def _track_summary(tid: int, seen: list[tuple[float, str]], classes: tuple[str, ...],
-                   seconds_per_frame: float) -> dict:
+                   seconds_per_frame: float, lasts: dict[float, float] | None = None) -> dict:
+    """A track's times, frames and labels. Each processed frame stands for
+    ``seconds_per_frame`` of video, or for ``lasts[time]`` where given (a live run, whose
+    processed frames are as far apart as the pipeline's pace made them)."""
     counts = {c: 0 for c in classes}
     for _, label in seen:
         counts[label] += 1
     n = len(seen)
     dominant = max(classes, key=lambda c: counts[c])  # ties: the first class in order
+    seconds = (n * seconds_per_frame if lasts is None
+               else sum(lasts.get(t, seconds_per_frame) for t, _ in seen))
     return {"track": tid, "first": round(seen[0][0], 6), "last": round(seen[-1][0], 6),
-            "seconds_on_screen": round(n * seconds_per_frame, 6), "frames": n,
+            "seconds_on_screen": round(seconds, 6), "frames": n,
             "dominant": dominant, "shares": {c: round(counts[c] / n, 6) for c in classes}}
 
 
@@ -179,6 +185,15 @@ class VideoConfig:
                                               "between, classify each face where it was last "
                                               "found")
     annotate: bool = setting(False, "also write annotated.mp4: boxes, track ids and labels")
+    live: bool = setting(False, "INPUT is a live source: a camera index (0), a device "
+                                "(/dev/video0) or a stream URL; frames are analysed as they "
+                                "arrive, the newest first, and those the pipeline cannot keep "
+                                "up with are dropped (counted); Ctrl-C ends the run and keeps it")
+    realtime: bool = setting(False, "play the video file at its own frame rate, as a camera "
+                                    "would deliver it, dropping what the pipeline cannot keep "
+                                    "up with (a rehearsal of a live run)")
+    seconds: float | None = setting(None, "end a live or real-time run after this many "
+                                          "seconds")
     threads: int | None = setting(None, "CPU threads of the classifier (unset: torch's or ONNX "
                                         "Runtime's, one per core; 1 is as fast on a face crop)")
 
@@ -190,6 +205,15 @@ class VideoConfig:
                                f"is unknown; use one of {', '.join(DETECTORS)}")
         if self.detect_side == 0:  # the command line's way to say: the full frame
             self.detect_side = None
+        if self.live and self.realtime:
+            raise SettingError("realtime", True, "is for a video file; a {live} source comes "
+                               "in real time already", mentions=("live",))
+        if (self.live or self.realtime) and self.every != 1:
+            raise SettingError("every", self.every, "is for files read as fast as they "
+                               "decode; a live or real-time run drops what it cannot process")
+        if self.seconds is not None and not (self.live or self.realtime):
+            raise SettingError("seconds", self.seconds, "is for a {live} or {realtime} run",
+                               mentions=("live", "realtime"))
         if not isinstance(self.annotate, bool):
             raise SettingError("annotate", self.annotate, "is invalid; give True or False")
         check_threads(self.threads)
@@ -198,6 +222,7 @@ class VideoConfig:
 def video_job(*, input: str | os.PathLike, model: str | os.PathLike, out: str | os.PathLike,
               annotate: bool = False, every: int = 1, detector=None,
               detect_side: int | None = DETECT_SIDE, detect_every: int = DETECT_EVERY,
+              live: bool = False, realtime: bool = False, seconds: float | None = None,
               margin: float | None = None, alpha: float | None = None,
               iou_threshold: float | None = None, max_missed: int | None = None,
               device: str = "cpu", threads: int | None = None,
@@ -220,24 +245,29 @@ def video_job(*, input: str | os.PathLike, model: str | os.PathLike, out: str | 
     if detector is None or isinstance(detector, str):
         video = VideoConfig(every=every, detector=detector or DEFAULT_DETECTOR,
                             detect_side=detect_side, detect_every=detect_every,
-                            annotate=bool(annotate), threads=threads)
+                            annotate=bool(annotate), threads=threads, live=live,
+                            realtime=realtime, seconds=seconds)
         detector = make_detector(video.detector, side=video.detect_side)
     else:
         VideoConfig(every=every, detect_every=detect_every, annotate=bool(annotate),
-                    threads=threads)
+                    threads=threads, live=live, realtime=realtime, seconds=seconds)
     options = {k: v for k, v in {"margin": margin, "alpha": alpha,
                                  "iou_threshold": iou_threshold,
                                  "max_missed": max_missed}.items() if v is not None}
     # Every input is checked before the folder is claimed.
-    reader = VideoReader(input)
+    reader = (LiveReader(input, seconds=seconds, pace=realtime) if live or realtime
+              else VideoReader(input))
     try:
         classifier = open_classifier(model, device=device, threads=threads)
         analyzer = FaceAnalyzer(classifier=classifier, detector=detector,
                                 detect_every=detect_every, **options)
         codec = pick_codec() if annotate else None
         settings = {"job": "video", "input": str(input), "model": str(model), "every": every,
-                    "annotate": bool(annotate), **analyzer.config}
-        fingerprint = {"input": file_digest(input), "model": _model_identity(classifier),
+                    "annotate": bool(annotate), **analyzer.config,
+                    **({"live": live, "realtime": realtime, "seconds": seconds}
+                       if live or realtime else {})}
+        fingerprint = {"input": None if live else file_digest(input),
+                       "model": _model_identity(classifier),
                        "settings": {k: v for k, v in settings.items()
                                     if k not in ("input", "model")}}
         with open_disposable_run(out, kind="video", what="video run",
@@ -250,7 +280,7 @@ def video_job(*, input: str | os.PathLike, model: str | os.PathLike, out: str | 
     return summary
 
 
-def _run(folder: Path, *, reader: VideoReader, analyzer: FaceAnalyzer, settings: dict,
+def _run(folder: Path, *, reader: VideoReader | LiveReader, analyzer: FaceAnalyzer, settings: dict,
          fingerprint: dict, every: int, codec: str | None,
          on_frame: Callable[[int, int | None], None] | None) -> dict:
     """The work of :func:`video_job` inside its claimed folder."""
@@ -259,6 +289,7 @@ def _run(folder: Path, *, reader: VideoReader, analyzer: FaceAnalyzer, settings:
     start = time.perf_counter()
     tracks: dict[int, list[tuple[float, str]]] = {}
     processed = faces = 0
+    times: list[float] = []  # of the processed frames
     frames_tmp = folder / ".frames.jsonl.tmp"
     video_tmp = folder / ".annotated.mp4.tmp"
     writer = None
@@ -267,15 +298,21 @@ def _run(folder: Path, *, reader: VideoReader, analyzer: FaceAnalyzer, settings:
             if codec is not None:
                 writer = VideoWriter(video_tmp, fps=info.fps / every, width=info.width,
                                      height=info.height, codec=codec, format="mp4")
-            for result in analyze_video(reader, analyzer=analyzer, every=every,
-                                        on_frame=on_frame):
-                lines.write(json.dumps(result.as_record(classes)) + "\n")
-                processed += 1
-                faces += len(result.faces)
-                for face in result.faces:
-                    tracks.setdefault(face.track, []).append((result.time, face.label))
-                if writer is not None:
-                    writer.write(draw_faces(result.image, result.faces))
+            try:
+                for result in analyze_video(reader, analyzer=analyzer, every=every,
+                                            on_frame=on_frame):
+                    lines.write(json.dumps(result.as_record(classes)) + "\n")
+                    processed += 1
+                    times.append(result.time)
+                    faces += len(result.faces)
+                    for face in result.faces:
+                        tracks.setdefault(face.track, []).append((result.time, face.label))
+                    if writer is not None:
+                        writer.write(draw_faces(result.image, result.faces))
+            except KeyboardInterrupt:  # how a camera run ends: keep what it analysed
+                if not isinstance(reader, LiveReader):
+                    raise
+                log.info("live run ended by Ctrl-C after %d processed frames", processed)
             if writer is not None:
                 writer.close()
         finally:
@@ -288,6 +325,9 @@ def _run(folder: Path, *, reader: VideoReader, analyzer: FaceAnalyzer, settings:
     if writer is not None:
         os.replace(video_tmp, folder / "annotated.mp4")
     step = every / info.fps
+    # a live run's frames last until the next one it processed (the dropped ones between)
+    lasts = ({t: nxt - t for t, nxt in zip(times, times[1:], strict=False)}
+             if isinstance(reader, LiveReader) else None)
     name = Path(info.path).name
     atomic_write_bytes(folder / "timeline.png", timeline_png(
         tracks, classes=classes, step=step,
@@ -302,7 +342,8 @@ def _run(folder: Path, *, reader: VideoReader, analyzer: FaceAnalyzer, settings:
         "model": classifier.config,
         **{k: v for k, v in settings.items() if k in ("detector", "detect_every", "tracker",
                                                       "margin", "smoothing")},
-        "tracks": [_track_summary(t, tracks[t], classes, step) for t in sorted(tracks)],
+        "tracks": [_track_summary(t, tracks[t], classes, step, lasts) for t in sorted(tracks)],
+        **({"live": reader.stats()} if isinstance(reader, LiveReader) else {}),
         "processing": {"seconds": round(seconds, 3),
                        "frames_read_per_s": round(reader.read / seconds, 2) if seconds else None,
                        "frames_processed_per_s":

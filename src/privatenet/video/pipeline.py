@@ -23,6 +23,7 @@ import numpy as np
 from privatenet.errors import SettingError
 from privatenet.video.classify import DEFAULT_MARGIN, Classifier, crop_faces
 from privatenet.video.detect import FaceDetector, HaarFaceDetector, check_frame
+from privatenet.video.live import LiveReader
 from privatenet.video.reader import VideoReader, check_every
 from privatenet.video.track import (
     DEFAULT_ALPHA,
@@ -144,7 +145,8 @@ class FaceAnalyzer:
         return faces
 
 
-def analyze_video(video: VideoReader | str | os.PathLike, *, analyzer: FaceAnalyzer,
+def analyze_video(video: VideoReader | LiveReader | str | os.PathLike, *,
+                  analyzer: FaceAnalyzer,
                   every: int = 1, on_frame: Callable[[int, int | None], None] | None = None
                   ) -> Iterator[FrameResult]:
     """Run ``analyzer`` over every ``every``-th frame of ``video`` (an open
@@ -156,7 +158,8 @@ def analyze_video(video: VideoReader | str | os.PathLike, *, analyzer: FaceAnaly
     :class:`PrivatenetError` s, raised where they are found (possibly after the last frame).
     """
     check_every(every)
-    reader = video if isinstance(video, VideoReader) else VideoReader(video)
+    # an open reader (a file's, or a live source's) is used as it is; a path is opened here
+    reader = VideoReader(video) if isinstance(video, (str, os.PathLike)) else video
     try:
         total = reader.info.frames
         for frame in reader.frames(every=every):
