@@ -236,21 +236,22 @@ def video_job(*, input: str | os.PathLike, model: str | os.PathLike, out: str | 
     :data:`~privatenet.video.detect.DETECTORS` (default :data:`DEFAULT_DETECTOR`), run on the
     frame shrunk to ``detect_side`` pixels on its longer side (``None``: the full frame), or a
     :class:`~privatenet.video.detect.FaceDetector` object used as it is; ``detect_every``: the
-    detector runs on every N-th processed frame (docs/design.md §4.3). ``margin``, ``alpha``,
+    detector runs on every N-th processed frame (docs/design.md §4.3). ``live``: ``input`` is a
+    camera index, a device or a stream URL (:class:`~privatenet.video.live.LiveReader`);
+    ``realtime``: the file played at its frame rate the same way; ``seconds``: how long such a
+    run lasts at most (Ctrl-C also ends it, keeping its records). ``margin``, ``alpha``,
     ``iou_threshold``, ``max_missed``: the pipeline's settings (``None``: the library's
     defaults). ``threads``: CPU threads of the classifier (``None``: torch's or ONNX Runtime's
     default). ``on_frame(frames_read, frames_announced_or_None)``: called after each processed
     frame (progress bars).
     """
-    if detector is None or isinstance(detector, str):
-        video = VideoConfig(every=every, detector=detector or DEFAULT_DETECTOR,
-                            detect_side=detect_side, detect_every=detect_every,
-                            annotate=bool(annotate), threads=threads, live=live,
-                            realtime=realtime, seconds=seconds)
+    named = detector is None or isinstance(detector, str)
+    video = VideoConfig(every=every, detector=detector if named and detector else
+                        DEFAULT_DETECTOR, detect_side=detect_side, detect_every=detect_every,
+                        annotate=bool(annotate), live=live, realtime=realtime,
+                        seconds=seconds, threads=threads)
+    if named:
         detector = make_detector(video.detector, side=video.detect_side)
-    else:
-        VideoConfig(every=every, detect_every=detect_every, annotate=bool(annotate),
-                    threads=threads, live=live, realtime=realtime, seconds=seconds)
     options = {k: v for k, v in {"margin": margin, "alpha": alpha,
                                  "iou_threshold": iou_threshold,
                                  "max_missed": max_missed}.items() if v is not None}
@@ -280,8 +281,8 @@ def video_job(*, input: str | os.PathLike, model: str | os.PathLike, out: str | 
     return summary
 
 
-def _run(folder: Path, *, reader: VideoReader | LiveReader, analyzer: FaceAnalyzer, settings: dict,
-         fingerprint: dict, every: int, codec: str | None,
+def _run(folder: Path, *, reader: VideoReader | LiveReader, analyzer: FaceAnalyzer,
+         settings: dict, fingerprint: dict, every: int, codec: str | None,
          on_frame: Callable[[int, int | None], None] | None) -> dict:
     """The work of :func:`video_job` inside its claimed folder."""
     classifier, classes, info = analyzer.classifier, analyzer.classes, reader.info
