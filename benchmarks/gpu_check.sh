@@ -13,6 +13,9 @@ PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
+echo "== the GPU tests (pytest -m gpu): augmentation, pinned copies, CUDA paths =="
+$PY -m pytest -q -p no:cacheprovider -m gpu tests
+
 echo "== privatenet bench: arm_resnet18, 224 px, random tensors, batch 256 (the paper's) =="
 $PY -m privatenet bench --device cuda --threads 8 --batch-size 256 --steps 20 --warmup 5 \
     --latency-iters 100 --out "$OUT/bench.json"

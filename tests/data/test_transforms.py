@@ -168,6 +168,23 @@ def test_augment_on_cuda_draws_its_noise_there_and_every_other_draw_as_on_cpu():
     torch.testing.assert_close(out, gpu, rtol=0, atol=1e-5)
 
 
+def test_small_tensors_stay_where_they_are_on_a_cpu():
+    from privatenet.data.transforms import to_device
+
+    t = torch.arange(5)
+    assert to_device(t, torch.device("cpu")) is t  # no copy, no pinned memory without CUDA
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_small_tensors_reach_the_gpu_from_pinned_memory_unchanged():
+    from privatenet.data.transforms import to_device
+
+    t = torch.arange(1000)
+    moved = to_device(t, torch.device("cuda"))
+    assert moved.device.type == "cuda" and torch.equal(moved.cpu(), t)
+
+
 def test_single_image_input():
     x = _images(1)[0]
     out = augment(x, generator=_gen(0))

@@ -69,13 +69,23 @@ def normalize(x_uint8: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32).div_(255).sub_(mean).div_(std)
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` (a small CPU tensor: indices, per-sample parameters) on ``device``. To a GPU it
+    goes from pinned memory without waiting: a copy from ordinary (pageable) memory makes the
+    host wait until the GPU has run everything queued before it, once per copy, so a training
+    step with a few such copies could never run ahead of the GPU."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def _draw(generator: torch.Generator, fn, *shape: int, device: torch.device) -> torch.Tensor:
     """A random tensor drawn on the generator's device, then moved to ``device``.
 
     Drawing where the generator lives (normally the CPU) keeps these draws identical on every
     device the images may be on (the noise itself is drawn on the images' device, :func:`_noise`).
     """
-    return fn(shape, generator=generator, device=generator.device).to(device)
+    return to_device(fn(shape, generator=generator, device=generator.device), device)
 
 
 def _noise(generator: torch.Generator, shape: tuple[int, ...], device: torch.device
@@ -118,10 +128,10 @@ def flip_or_noise(x_uint8: torch.Tensor, *, generator: torch.Generator) -> torch
 
     out = x.clone()
     if len(flip_idx):
-        fi = flip_idx.to(x.device)
+        fi = to_device(flip_idx, x.device)
         out[fi] = x[fi].flip(-1)
     if len(noise_idx):
-        ni = noise_idx.to(x.device)
+        ni = to_device(noise_idx, x.device)
         # Noise only for the chosen samples: a quarter of the batch, not all of it.
         noise = _noise(generator, (len(noise_idx), *x.shape[1:]), x.device)
         noisy = x[ni].to(torch.float32) + noise.mul_(math.sqrt(NOISE_VARIANCE))
@@ -184,12 +194,14 @@ def random_erasing(
     left = (u[:, 1] * (width - w + 1)).floor().long().clamp_(max=width - w)
     erase &= found
 
-    rows = torch.arange(height)
-    cols = torch.arange(width)
+    # The mask is built where the images are, from 5 numbers a sample: an (N, H, W) mask made
+    # on the CPU would be megabytes to copy every step.
+    top, left, h, w, erase = (to_device(t, x.device) for t in (top, left, h, w, erase))
+    rows = torch.arange(height, device=x.device)
+    cols = torch.arange(width, device=x.device)
     in_rows = (rows >= top[:, None]) & (rows < (top + h)[:, None])
     in_cols = (cols >= left[:, None]) & (cols < (left + w)[:, None])
-    mask = in_rows[:, :, None] & in_cols[:, None, :] & erase[:, None, None]  # (N, H, W)
-    mask = mask.to(x.device)[:, None]
+    mask = (in_rows[:, :, None] & in_cols[:, None, :] & erase[:, None, None])[:, None]
     out = x.masked_fill_(mask, value) if inplace else x.masked_fill(mask, value)
     return out[0] if single else out
 

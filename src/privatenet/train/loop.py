@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from privatenet.data.base import MISSING, Split
-from privatenet.data.transforms import augment, normalize
+from privatenet.data.transforms import augment, normalize, to_device
 from privatenet.errors import PrivatenetError, SettingError
 from privatenet.losses import total_loss
 from privatenet.models.taps import require_tap
@@ -370,7 +370,7 @@ def fit(*, model: nn.Module, train: Split, target: str, config: TrainConfig | No
         signature["privacy"] = privacy if several else privacy[0]
 
     def step(idx: torch.Tensor, gen: torch.Generator) -> dict:
-        idx_dev = idx.to(device)
+        idx_dev = to_device(idx, device)
         x = images[idx_dev]
         x = augment(x, generator=gen) if config.augment else normalize(x)
         x = x.contiguous(memory_format=memory_format)
@@ -449,7 +449,7 @@ def fit_adversary(adversary: nn.Module, features: torch.Tensor, labels: torch.Te
                  "head": getattr(adversary, "config", type(adversary).__name__)}
 
     def step(idx: torch.Tensor, gen: torch.Generator) -> dict:
-        idx_dev = idx.to(device)
+        idx_dev = to_device(idx, device)
         logits = adversary(feats[idx_dev])
         loss = F.cross_entropy(logits.float(), y_all[idx_dev])
         opt.zero_grad(set_to_none=True)
