@@ -54,6 +54,10 @@ def test_tiny_run_figures(tiny):
             result["train_gflop_per_image"] * v["train_images_per_s"])
         assert v["gemm_fraction"] == pytest.approx(
             v["train_gflop_per_s"] / result["gemm_gflop_per_s"]["fp32"])
+    # a captured CUDA graph exists only on CUDA: no graph latency on a CPU, and no column
+    assert all(v["latency_graph_ms_mean"] is None and v["latency_graph_ms_std"] is None
+               for v in result["variants"])
+    assert "graph ms" not in format_table(result)
     assert json.loads(json.dumps(result)) == result
     assert ("train", 1, 1) in calls and ("latency", 2, 2) in calls
     assert torch.equal(rng_before, rng_after)  # the fixed seed did not leak to the caller
@@ -84,6 +88,17 @@ def test_format_table_mentions_every_variant(tiny):
     assert f"{result['variants'][1]['train_images_per_s']:.2f}" in table
     assert table.splitlines()[0].startswith(f"torch {torch.__version__}")
     assert "recommendation:" in table and "native bf16" in table
+
+
+def test_format_table_shows_graph_latency_where_it_was_measured(tiny):
+    result = json.loads(json.dumps(tiny[0]))
+    result["variants"][0]["latency_graph_ms_mean"] = 0.4321
+    lines = format_table(result).splitlines()
+    assert "graph ms" in lines[2]
+    fp32, cl = (next(line for line in lines if line.startswith(v["label"]))
+                for v in result["variants"])
+    assert "0.43" in fp32 and fp32.index("0.43") > fp32.index("±")
+    assert cl.split("±")[1].split()[1] == "-"
 
 
 def test_public_parity_and_reference():

@@ -9,7 +9,12 @@
 - ``channels_last``: ours, fp32, model and input in channels_last;
 - ``bf16``: ours under bf16 autocast, contiguous;
 - ``channels_last+bf16``: both;
+- ``fused`` and ``channels_last+fused``: as ``fp32`` and ``channels_last`` with Adam's fused
+  update;
 - ``compile`` (with ``compile=True``): ``torch.compile`` of ours, fp32.
+
+Batch-1 latency is timed for every variant; on CUDA also replayed from a captured CUDA graph
+(:mod:`privatenet.models.graphed`), which removes the launch cost per kernel.
 
 By default (no ``variants``) the bf16 variants are left out where bf16 is emulated (a CPU
 without AVX512-BF16/AMX, a GPU without bf16): they cannot pay there, and are slow to time.
@@ -45,6 +50,7 @@ from privatenet.data.spec import check_image_size
 from privatenet.errors import PrivatenetError, SettingError
 from privatenet.models import create_model, model_options
 from privatenet.models.arm import arm_map_side, resnet_map_side
+from privatenet.models.graphed import GraphedInference
 from privatenet.models.registry import check_model_name
 from privatenet.runfiles import MARKER as RUN_MARKER
 from privatenet.settings import same_setting, setting
@@ -253,6 +259,8 @@ class _Variant:
     opt: torch.optim.Optimizer = field(init=False)
     step_s: list[float] = field(default_factory=list)
     latency_ms: list[float] = field(default_factory=list)
+    graph_latency_ms: list[float] = field(default_factory=list)
+    graphed: GraphedInference | None = None
     peak_mb: float | None = None
     baseline_mb: float | None = None
 
@@ -278,14 +286,18 @@ class _Variant:
         self._sync()
         return time.perf_counter() - start
 
-    def infer(self) -> float:
-        """One batch-1 eval forward; returns milliseconds."""
+    def infer(self, graphed: bool = False) -> float:
+        """One batch-1 eval forward (``graphed``: replayed from a captured CUDA graph);
+        returns milliseconds."""
         self.model.eval()
+        if graphed and self.graphed is None:
+            self.graphed = GraphedInference(self.model)
+        run = self.graphed if graphed else self.model
         with torch.inference_mode():
             self._sync()
             start = time.perf_counter()
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                _logits(self.model, self.x1)
+                _logits(run, self.x1)
             self._sync()
             return (time.perf_counter() - start) * 1e3
 
@@ -413,7 +425,8 @@ def measure(*, model: str = "arm_resnet18", image_size: int = 224, batch_size: i
     images); a memory pass, one variant at a time, of :data:`MEMORY_STEPS` training steps each;
     ``warmup`` untimed and ``steps`` timed training steps, the variants taking turns step by
     step (round robin) so that a change of machine load hits them alike; then
-    ``latency_iters`` timed batch-1 eval forwards (``inference_mode``), also in turns.
+    ``latency_iters`` timed batch-1 eval forwards (``inference_mode``), also in turns (on
+    CUDA each followed by one replayed from a captured graph).
 
     ``peak_memory_mb`` is the peak memory of the process during the variant's own memory-pass
     steps, so it includes the model, the optimizer state and the activations. On CUDA it is
@@ -431,7 +444,10 @@ def measure(*, model: str = "arm_resnet18", image_size: int = 224, batch_size: i
     ``latency_iters``, ``compile``), ``reference`` (the key the ratios divide by, or None),
     ``parity_max_abs_diff`` (None without ``public``), ``variants`` (one dict per variant:
     ``key``, ``label``, ``train_images_per_s`` (images over total time),
-    ``train_images_per_s_median``, ``latency_ms_mean``, ``latency_ms_std``, ``peak_memory_mb``,
+    ``train_images_per_s_median``, ``latency_ms_mean``, ``latency_ms_std``,
+    ``latency_graph_ms_mean`` and ``latency_graph_ms_std`` (on CUDA: batch 1 replayed from a
+    captured CUDA graph, :mod:`privatenet.models.graphed`; None elsewhere and for
+    ``compile``), ``peak_memory_mb``,
     ``baseline_memory_mb``, ``ratio``), ``fastest`` (the key with the most training
     images/s), ``recommendation``, ``notes`` (a list of strings) and ``skipped`` (the variants
     a default run left out, key -> reason; empty when ``variants`` was given).
@@ -532,11 +548,17 @@ def _measure(model: str, size: int, bs: int, dev: torch.device, steps: int, warm
         for v in runs:
             v.step_s.append(v.train_step())
         progress("train", i + 1, steps)
+    # on CUDA, batch 1 also through a captured graph (not for torch.compile's own graphs):
+    # launching a small network's kernels one by one costs more than running them
+    graphs = dev.type == "cuda"
     for i in range(LATENCY_WARMUP + latency_iters):
         for v in runs:
             ms = v.infer()
+            graph_ms = v.infer(graphed=True) if graphs and v.key != "compile" else None
             if i >= LATENCY_WARMUP:
                 v.latency_ms.append(ms)
+                if graph_ms is not None:
+                    v.graph_latency_ms.append(graph_ms)
         if i >= LATENCY_WARMUP:
             progress("latency", i + 1 - LATENCY_WARMUP, latency_iters)
 
@@ -549,7 +571,10 @@ def _measure(model: str, size: int, bs: int, dev: torch.device, steps: int, warm
             "train_images_per_s": bs * len(v.step_s) / sum(v.step_s),
             "train_images_per_s_median": bs / statistics.median(v.step_s),
             "latency_ms_mean": statistics.mean(v.latency_ms),
-            "latency_ms_std": statistics.stdev(v.latency_ms) if len(v.latency_ms) > 1 else 0.0,
+            "latency_ms_std": _std(v.latency_ms),
+            "latency_graph_ms_mean": (statistics.mean(v.graph_latency_ms)
+                                      if v.graph_latency_ms else None),
+            "latency_graph_ms_std": _std(v.graph_latency_ms) if v.graph_latency_ms else None,
             "peak_memory_mb": v.peak_mb,
             "baseline_memory_mb": v.baseline_mb,
         })
@@ -563,6 +588,9 @@ def _measure(model: str, size: int, bs: int, dev: torch.device, steps: int, warm
                  r["latency_ms_mean"])
 
     notes = []
+    if graphs:
+        notes.append("graph ms: batch 1 replayed from a captured CUDA graph "
+                     "(privatenet.models.graphed), beside the eager launch of each kernel")
     if reference is None:
         notes.append("neither public nor fp32 ran: no reference, no ratios")
     if dev.type == "cuda":
@@ -596,6 +624,10 @@ def _measure(model: str, size: int, bs: int, dev: torch.device, steps: int, warm
         "recommendation": _recommend(ips, env, model, size, bs, dev),
         "notes": notes,
     }
+
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def _speedup(ips: dict[str, float], pairs: list[tuple[str, str]]
@@ -697,10 +729,12 @@ def check_out_file(path: str | Path) -> Path:
 
 def format_table(result: dict) -> str:
     """``result`` (from :func:`measure`) as plain text: one line on the environment, a row per
-    variant (train img/s, median, ratio, batch-1 ms mean ± std, peak and baseline MB), then the
+    variant (train img/s, median, ratio, batch-1 ms mean ± std, on CUDA the same through a
+    captured graph, peak and baseline MB), then the
     parity, the notes, a line per variant left out (and why) and the recommendation."""
     env = result["environment"]
     size = result["image_size"]
+    graphs = any(r.get("latency_graph_ms_mean") is not None for r in result["variants"])
     lines = [
         f"torch {env['torch']}, {env['device_name']} ({result['device']}, "
         f"{env['cpu_capability']}), {env['threads']} threads, native bf16: "
@@ -712,7 +746,8 @@ def format_table(result: dict) -> str:
         + f" (measured now); a training step: {result['train_gflop_per_image']:.2f} GFLOP per "
         "image",
         f"{'variant':38s} {'train img/s':>11s} {'(median)':>9s} {'ratio':>7s} {'GFLOP/s':>8s} "
-        f"{'of GEMM':>7s} {'batch-1 ms':>17s} {'peak MB (base)':>16s}",
+        f"{'of GEMM':>7s} {'batch-1 ms':>17s}" + (f" {'graph ms':>8s}" if graphs else "")
+        + f" {'peak MB (base)':>16s}",
     ]
     for r in result["variants"]:
         ratio = f"{r['ratio']:6.2f}x" if r["ratio"] is not None else f"{'-':>7s}"
@@ -726,7 +761,7 @@ def format_table(result: dict) -> str:
             f"{r['label']:38s} {r['train_images_per_s']:11.2f} "
             f"{r['train_images_per_s_median']:9.2f} {ratio} {r['train_gflop_per_s']:8.1f} "
             f"{r['gemm_fraction']:7.0%} {r['latency_ms_mean']:9.2f} ± "
-            f"{r['latency_ms_std']:5.2f} {mem}"
+            f"{r['latency_ms_std']:5.2f}" + (_graph_cell(r) if graphs else "") + f" {mem}"
         )
     if result["parity_max_abs_diff"] is not None:
         lines.append("parity (ours, batch affinity, vs public re-creation, eval): max |logit "
@@ -739,3 +774,8 @@ def format_table(result: dict) -> str:
     if rec.get("note"):
         lines.append(f"note: {rec['note']}")
     return "\n".join(lines)
+
+
+def _graph_cell(row: dict) -> str:
+    ms = row.get("latency_graph_ms_mean")
+    return f" {'-':>8s}" if ms is None else f" {ms:8.2f}"

@@ -193,9 +193,10 @@ def _run_epochs(*, n: int, step: Callable[[torch.Tensor, torch.Generator], dict]
             sums, seen = dict(zip(keys, total[:-1], strict=True)), float(total[-1])
             for m in modules.values():
                 distributed.broadcast_buffers(m)
+        # reading the sums waits for a GPU's queued steps, so the epoch's time includes them
+        means = {k: float(v) / seen for k, v in sums.items()}
         record = {"epoch": epoch + 1, "lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
-        for k, v in sums.items():
-            value = float(v) / seen
+        for k, value in means.items():
             if not np.isfinite(value):
                 raise PrivatenetError(f"training diverged: {k} is {value} in epoch {epoch + 1}; "
                                       "lower the learning rate or the privacy weight")

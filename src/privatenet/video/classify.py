@@ -14,7 +14,9 @@ A :class:`Classifier` maps ``uint8`` crops (N x 3 x S x S) to class probabilitie
   through in one batch when the network is batch-independent in eval mode (every registry
   network, ARM included with its default ``running`` affinity); a network whose ARM affinity is
   in ``batch`` mode (the public behaviour: a face's output depends on the other faces of its
-  batch) is run one crop at a time, so a face's result never depends on other faces.
+  batch) is run one crop at a time, so a face's result never depends on other faces. On CUDA
+  each batch size's forward is captured once as a CUDA graph and replayed
+  (:class:`~privatenet.models.graphed.GraphedInference`).
 * :class:`OnnxSplitClassifier`: an export folder (``privatenet export``): ``untrusted.onnx``
   (normalised images -> tap features) then ``trusted.onnx`` (features -> logits), run with ONNX
   Runtime on the CPU, one crop at a time (an ONNX graph cannot tell whether it mixes a batch).
@@ -39,6 +41,7 @@ from PIL import Image
 from privatenet.data.spec import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, check_image_size
 from privatenet.data.transforms import normalize
 from privatenet.errors import PrivatenetError, SettingError
+from privatenet.models.graphed import GraphedInference
 from privatenet.models.saving import load_module
 from privatenet.readers import brief
 from privatenet.storage import read_json
@@ -164,6 +167,8 @@ class TorchClassifier:
         self.threads = check_threads(threads)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        # on CUDA a face count's forward is captured once and replayed (models/graphed.py)
+        self._forward = GraphedInference(self.model)
         #: False when some layer mixes the batch in eval mode: crops then run one at a time.
         self.batch_independent = not any(
             getattr(m, "affinity", None) == "batch" for m in model.modules())
@@ -201,7 +206,7 @@ class TorchClassifier:
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         try:
-            logits = torch.cat([self.model(p) for p in parts]).float()
+            logits = torch.cat([self._forward(p) for p in parts]).float()
         finally:
             if self.threads is not None:
                 torch.set_num_threads(before)
