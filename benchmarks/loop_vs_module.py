@@ -28,24 +28,13 @@ from pathlib import Path
 import torch
 
 from privatenet.app.protocol import FORWARD_SHARE, plan, resolve_config
-from privatenet.bench import measure
+from privatenet.bench import measure, variant_of
 from privatenet.data import load_dataset
 from privatenet.models import create_model
-from privatenet.train.config import (
-    TrainConfig,
-    resolve_device,
-    resolve_memory_format,
-    resolve_precision,
-)
+from privatenet.train.config import TrainConfig, resolve_device
 from privatenet.train.loop import fit
 
 RAFDB_FACES = 15_339  # RAF-DB basic: 12,271 train + 3,068 test
-
-
-def _variant(device: torch.device) -> str:
-    cl = resolve_memory_format("auto", device) == torch.channels_last
-    bf16 = resolve_precision("auto", device) == "bf16"
-    return "+".join(["channels_last"] * cl + ["bf16"] * bf16) or "fp32"
 
 
 def _loop_rate(train, *, model: str, size: int, config: TrainConfig) -> dict:
@@ -77,7 +66,7 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(a.device)
-    variant = _variant(device)
+    variant = variant_of(precision="auto", memory_format="auto", compile=False, device=device)
     size, bs = a.image_size, a.batch_size
 
     module = measure(model=a.model, image_size=size, batch_size=bs, device=a.device,

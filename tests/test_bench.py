@@ -147,6 +147,19 @@ def test_recommendation_threshold():
                             "arm_small", 33, 4, cpu)
     assert fast["bf16_pays"] is True and fast["channels_last_pays"] is None
     assert not fast["bf16_emulated"] and "note" not in fast
+    # what training uses without options, against the fastest: fp32 contiguous on a CPU
+    assert slow["default"] == "fp32" and slow["default_of_fastest"] == pytest.approx(100 / 120)
+    assert "training's defaults here (auto) are fp32: 0.83x the fastest" in slow["summary"]
+
+
+def test_recommendation_names_the_cuda_defaults_and_their_gain():
+    rec = bench._recommend({"public": 90.0, "fp32": 100.0, "channels_last+bf16": 300.0},
+                           {"bf16_native": True}, "arm_resnet18", 224, 256, torch.device("cuda"))
+    assert rec["default"] == "channels_last+bf16" and rec["default_of_fastest"] == 1.0
+    assert "are channels_last+bf16: 1.00x the fastest, 3.33x the public recipe" in rec["summary"]
+    unmeasured = bench._recommend({"fp32": 100.0}, {"bf16_native": True}, "arm_small", 64, 8,
+                                  torch.device("cuda"))
+    assert unmeasured["default_of_fastest"] is None and "defaults" not in unmeasured["summary"]
 
 
 def test_bench_command_prints_the_table_and_writes_json(tmp_path, capsys):

@@ -55,7 +55,13 @@ from privatenet.models.registry import check_model_name
 from privatenet.runfiles import MARKER as RUN_MARKER
 from privatenet.settings import same_setting, setting
 from privatenet.storage import read_json
-from privatenet.train.config import TrainConfig, bf16_native, resolve_device
+from privatenet.train.config import (
+    TrainConfig,
+    bf16_native,
+    resolve_device,
+    resolve_memory_format,
+    resolve_precision,
+)
 
 __all__ = ["KIND", "VARIANTS", "PublicAmend", "PublicRes18Feature", "check_out_file",
            "environment", "format_table", "measure"]
@@ -639,6 +645,17 @@ def _speedup(ips: dict[str, float], pairs: list[tuple[str, str]]
     return None
 
 
+def variant_of(*, precision: str, memory_format: str, compile: bool,
+               device: torch.device) -> str:
+    """The bench variant that training with these settings runs on ``device`` (``auto``
+    resolved as :mod:`privatenet.train.config` resolves it)."""
+    if compile:
+        return "compile"
+    layout = resolve_memory_format(memory_format, device) == torch.channels_last
+    bf16 = resolve_precision(precision, device) == "bf16"
+    return "+".join(["channels_last"] * layout + ["bf16"] * bf16) or "fp32"
+
+
 def _recommend(ips: dict[str, float], env: dict, model: str, size: int, bs: int,
                dev: torch.device) -> dict:
     # each option against the same variant without it: bf16 against fp32 (or channels_last
@@ -656,9 +673,18 @@ def _recommend(ips: dict[str, float], env: dict, model: str, size: int, bs: int,
             ratio, a, b = pair
             verdict = "pays" if ratio > PAYS else "does not pay"
             parts.append(f"{name} {verdict} ({a} at {ratio:.2f}x the training speed of {b})")
+    # what training uses here without options (auto precision and memory format), measured
+    default = variant_of(precision="auto", memory_format="auto", compile=False, device=dev)
+    if default in ips:
+        parts.append(f"training's defaults here (auto) are {default}: "
+                     f"{ips[default] / ips[fastest]:.2f}x the fastest"
+                     + ("" if "public" not in ips else
+                        f", {ips[default] / ips['public']:.2f}x the public recipe"))
     emulated = dev.type == "cpu" and not env["bf16_native"] and any("bf16" in k for k in ips)
     rec = {
         "fastest": fastest,
+        "default": default,
+        "default_of_fastest": ips[default] / ips[fastest] if default in ips else None,
         "bf16_pays": None if bf16 is None else bf16 > PAYS,
         "bf16_speedup": bf16,
         "channels_last_pays": None if cl is None else cl > PAYS,

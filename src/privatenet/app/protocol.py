@@ -42,7 +42,7 @@ from privatenet.app.jobs import (
 from privatenet.app.latency import LATENCY_PRECISIONS, latency_ms
 from privatenet.app.report import write_report
 from privatenet.auditing import AUDIT_PROTOCOL, AuditConfig, check_audit_rows
-from privatenet.bench import measure
+from privatenet.bench import measure, variant_of
 from privatenet.bottleneck import VIB_CHANNELS, check_channels
 from privatenet.data import load_dataset
 from privatenet.data.base import (
@@ -69,8 +69,6 @@ from privatenet.train.config import (
     TrainConfig,
     check_seeds,
     resolve_device,
-    resolve_memory_format,
-    resolve_precision,
 )
 from privatenet.train.loop import Callbacks
 from privatenet.train.rundir import check_run_folder, open_shared_run, run_job
@@ -462,10 +460,9 @@ def plan(*, config: ProtocolConfig, out: str | Path, measure_steps: int = 3) -> 
     found = _reproduce(config, out, _prepare(config, out, dry=True), None, lambda name: None,
                        dry=True)
     device = resolve_device(config.train.device)
-    variant = "compile" if config.train.compile else "+".join(
-        ["channels_last"] * (resolve_memory_format(config.train.memory_format, device)
-                             == torch.channels_last)
-        + ["bf16"] * (resolve_precision(config.train.precision, device) == "bf16")) or "fp32"
+    variant = variant_of(precision=config.train.precision,
+                         memory_format=config.train.memory_format,
+                         compile=config.train.compile, device=device)
     speed = measure(model=config.model, image_size=found["image_size"],
                     batch_size=config.train.batch_size, device=config.train.device,
                     steps=measure_steps, warmup=1, latency_iters=1, variants=[variant],
